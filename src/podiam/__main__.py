@@ -1,0 +1,3 @@
+from podiam.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""
+The one exception tree of podiam. Dependency errors (botocore, lightkube, aiohttp, OS
+commands) are mapped onto it at the module that talks to the dependency, with
+``raise ... from e``, so everything above those boundaries handles podiam errors only::
+
+    PodiamError                     anything podiam raises on purpose
+    ├── ConfigError                 a bad flag or setting; the process refuses to start
+    ├── IdentityError               why a request cannot be tied to one pod and role
+    │   ├── PodNotFound             no active pod has the caller's IP (after --pod-wait)
+    │   ├── PodAmbiguous            two active pods share the caller's IP: refused, not guessed
+    │   ├── HostNetworkCaller       the caller is the node itself or a hostNetwork pod
+    │   ├── NoRoleError             the pod has no role annotation and there is no default role
+    │   ├── InvalidRoleError        the annotation is not a valid role name or ARN
+    │   └── RoleMismatch            the pod asked for a role other than its own
+    ├── CredentialsError            STS did not give credentials
+    │   ├── StsCallFailed           STS answered with an error (code kept: AccessDenied, ...)
+    │   └── StsUnavailable          STS could not be reached within the deadline
+    ├── KubeError                   the Kubernetes API failed us (connection, auth, protocol)
+    ├── NodeMetadataError           the node's own IMDS did not answer (auto-discovery, proxy)
+    └── IptablesError               installing or removing the DNAT rule failed
+
+Each error's message is written for the person who reads it: what happened and, where
+there is one, what to do. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class PodiamError(Exception):
+    """Base of every error podiam raises on purpose."""
+
+
+class ConfigError(PodiamError):
+    """A flag or setting is invalid; raised before anything starts."""
+
+
+class IdentityError(PodiamError):
+    """The request cannot be tied to exactly one pod and one role."""
+
+
+class PodNotFound(IdentityError):
+    """No active pod on this node has the caller's IP."""
+
+
+class PodAmbiguous(IdentityError):
+    """More than one active pod has the caller's IP; refusing beats guessing."""
+
+
+class HostNetworkCaller(IdentityError):
+    """The caller shares the node's network; it never gets a pod role through its IP."""
+
+
+class NoRoleError(IdentityError):
+    """The pod names no role and no default role is configured."""
+
+
+class InvalidRoleError(IdentityError):
+    """The pod's role annotation is not a valid IAM role name or ARN."""
+
+
+class RoleMismatch(IdentityError):
+    """The pod asked for the credentials of a role that is not its own."""
+
+
+class CredentialsError(PodiamError):
+    """STS did not give credentials for an identity."""
+
+
+class StsCallFailed(CredentialsError):
+    """STS answered with an error; ``code`` is STS's error code (e.g. AccessDenied)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StsUnavailable(CredentialsError):
+    """STS could not be reached, or did not answer within the deadline."""
+
+
+class KubeError(PodiamError):
+    """The Kubernetes API could not be used (connection, authentication, protocol)."""
+
+
+class NodeMetadataError(PodiamError):
+    """The node's own instance metadata service did not answer as expected."""
+
+
+class IptablesError(PodiamError):
+    """The iptables DNAT rule could not be inspected, installed or removed."""

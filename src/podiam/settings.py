@@ -1,0 +1,177 @@
+"""
+Settings: frozen dataclasses, one group per concern, assembled per command.
+
+The CLI (cli.py) is the only place that reads flags and the environment; it builds these
+objects and everything else receives them. Durations are float seconds everywhere.
+Every default is documented on its field, with the reason for the value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_ALLOW_ROUTE_REGEXP = r"^/[^/]+/(meta-data/placement/.*|dynamic/instance-identity/document)$"
+"""Paths proxied to the node's real IMDS by default: what SDKs read to discover the region.
+
+Everything else that is not an IAM path answers 404, so a pod never reaches the node's
+user-data, its instance profile credentials or anything that identifies the node beyond
+its region (kiam's stance; kube2iam proxied everything).
+"""
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    node_name: str
+    """Only pods bound to this node (spec.nodeName) are watched and served."""
+
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; None means in-cluster config, else KUBECONFIG / ~/.kube/config."""
+
+    request_timeout: float = 10.0
+    """Seconds for one non-watch API call (list, event write)."""
+
+    watch_timeout: float = 290.0
+    """Seconds the API server is asked to keep one watch open (timeoutSeconds).
+
+    Below the common 5-minute idle cut of load balancers, so the watch is renewed on our
+    terms, from the last resourceVersion, before something in between drops it silently.
+    """
+
+    watch_retry_max: float = 5.0
+    """Seconds: upper bound of the back-off between failed list/watch attempts."""
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    base_role_arn: str | None = None
+    """Prefix for annotation values that are not ARNs, e.g. arn:aws:iam::123456789012:role/."""
+
+    auto_discover_base_arn: bool = False
+    """Take the account and partition from the node's own IMDS iam/info at start."""
+
+    default_role: str | None = None
+    """Role (name or ARN) for pods without the role annotation; None serves them nothing."""
+
+    role_key: str = "iam.amazonaws.com/role"
+    """Pod annotation that names the role (kube2iam's and kiam's key)."""
+
+    external_id_key: str = "iam.amazonaws.com/external-id"
+    """Pod annotation holding the STS ExternalId (kube2iam's key)."""
+
+
+@dataclass(frozen=True)
+class StsSettings:
+    session_duration: float = 3600.0
+    """Seconds: STS DurationSeconds. One hour, so that after a refresh at 30 minutes left
+    credentials handed out still have well over the 15 minutes after which SDKs (Java v1,
+    boto3) refresh on every call - the failure behind kiam's 2x slowdown."""
+
+    session_refresh: float = 1800.0
+    """Seconds before expiry at which credentials are refreshed in the background.
+
+    botocore treats credentials with 15 + (2..10) minutes or less left as due; serving them
+    with 30 minutes left keeps every SDK from refreshing early.
+    """
+
+    call_timeout: float = 5.0
+    """Seconds: deadline of one AssumeRole call, retries included."""
+
+    request_wait: float = 0.7
+    """Seconds a metadata request waits for an in-flight refresh of credentials that are
+    still valid before it is served the old ones; below the SDKs' 1 s timeout."""
+
+    error_ttl: float = 10.0
+    """Seconds an STS error for one identity is remembered and answered from memory, so a
+    failing role cannot turn pod retries into an STS request storm."""
+
+    backoff_initial: float = 1.0
+    """Seconds before the first background retry after a failed prefetch or refresh."""
+
+    backoff_max: float = 60.0
+    """Seconds: cap of the exponential back-off of background retries."""
+
+    region: str | None = None
+    """Region for STS; None: AWS_REGION / AWS_DEFAULT_REGION, else the node's IMDS placement."""
+
+    regional_endpoint: bool = False
+    """Use the regional STS endpoint of ``region`` instead of the global one."""
+
+
+@dataclass(frozen=True)
+class ImdsSettings:
+    app_port: int = 8181
+    """TCP port of the metadata endpoint the DNAT rule points at (kube2iam's default)."""
+
+    bind_address: str = "0.0.0.0"  # noqa: S104 - pods reach us through DNAT to the host IP
+    """Address the metadata endpoint listens on."""
+
+    metadata_addr: str = "169.254.169.254"
+    """The node's real IMDS, ``host`` or ``host:port``, for allow-listed paths only."""
+
+    allow_route_regexp: str = DEFAULT_ALLOW_ROUTE_REGEXP
+    """Regular expression over the request path; matching non-IAM paths are proxied."""
+
+    require_imdsv2: bool = False
+    """Refuse token-less metadata requests with 401, as an instance requiring IMDSv2 does."""
+
+    pod_wait: float = 0.8
+    """Seconds a request from an unknown IP waits for the pod index to learn the pod.
+
+    Pods can ask before the watch event that announces them arrives (Jobs, fast starts);
+    below the SDKs' 1 s metadata timeout so that the answer still reaches them.
+    """
+
+    upstream_timeout: float = 1.0
+    """Seconds: deadline of one request to the node's real IMDS."""
+
+    shutdown_grace: float = 5.0
+    """Seconds in-flight requests get to finish at shutdown."""
+
+    allow_route_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Compiled once here so the request path never compiles; a bad pattern is a
+        # ConfigError raised by the CLI before this object exists.
+        object.__setattr__(self, "allow_route_pattern", re.compile(self.allow_route_regexp))
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    host_ip: str | None = None
+    """Address the DNAT rule sends pod metadata traffic to (the node's IP, HOST_IP)."""
+
+    host_interface: str = "docker0"
+    """Pod-facing interface(s): a name, ``cali+`` style wildcard, or ``!eth0`` negation."""
+
+    iptables: bool = False
+    """Install the DNAT rule at start (idempotent) and remove it at shutdown."""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "text"
+    """``text`` for people, ``json`` for log pipelines."""
+
+    level: str = "info"
+    """debug, info, warning or error. Per-request lines appear at debug only."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int = 9181
+    """Port of /metrics, /healthz and /readyz; never the app port pods can reach."""
+
+    bind_address: str = "0.0.0.0"  # noqa: S104 - scraped from other nodes
+    """Address the metrics endpoint listens on."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    kube: KubeSettings
+    roles: RoleSettings = field(default_factory=RoleSettings)
+    sts: StsSettings = field(default_factory=StsSettings)
+    imds: ImdsSettings = field(default_factory=ImdsSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)

@@ -1,0 +1,1 @@
+"""STS side: the AssumeRole client and the credential cache (single-flight, refresh-ahead, prefetch)."""

@@ -1,0 +1,32 @@
+"""Suite-wide rules: no test may leave asyncio tasks behind; root-only tests skip elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root: network namespaces and iptables")
+    for item in items:
+        if "root" in item.keywords or "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _no_leftover_tasks() -> AsyncIterator[None]:
+    """Fail any test that leaves tasks running: every background task must be owned and stopped."""
+    before = asyncio.all_tasks()
+    yield
+    leftovers = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    if leftovers:
+        names = ", ".join(sorted(t.get_name() for t in leftovers))
+        for t in leftovers:
+            t.cancel()
+        pytest.fail(f"test left asyncio tasks running: {names}")
