@@ -19,7 +19,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest_asyncio.fixture(autouse=True)
+@pytest.fixture(autouse=True)
+def _task_hygiene(request: pytest.FixtureRequest) -> None:
+    if asyncio.iscoroutinefunction(getattr(request.node, "obj", None)):
+        request.getfixturevalue("_no_leftover_tasks")
+
+
+@pytest_asyncio.fixture()
 async def _no_leftover_tasks() -> AsyncIterator[None]:
     """Fail any test that leaves tasks running: every background task must be owned and stopped."""
     before = asyncio.all_tasks()

@@ -1,0 +1,88 @@
+"""
+Prometheus metrics, on a registry owned by one process object rather than the library's
+global one, so that tests and embedded agents never share counters.
+
+Metric names follow Prometheus conventions; label values are bounded (routes are route
+names, not paths; roles are the roles pods of this node use).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Seconds. Dense below 10 ms (cache hits), sparse up to the SDKs' 1 s timeout and past it."""
+
+
+class Metrics:
+    """Every metric podiam exports, registered on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Histogram(
+            "podiam_imds_request_duration_seconds",
+            "Metadata requests served, by route and HTTP status.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "podiam_credential_cache_hits_total",
+            "Credential requests answered from the cache without waiting for STS.",
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "podiam_credential_cache_misses_total",
+            "Credential requests that had to wait for an STS call.",
+            registry=r,
+        )
+        self.sts_calls = Counter(
+            "podiam_sts_assume_role_calls_total",
+            "AssumeRole calls made, by role ARN.",
+            ["role"],
+            registry=r,
+        )
+        self.sts_errors = Counter(
+            "podiam_sts_assume_role_errors_total",
+            "AssumeRole calls that failed, by role ARN and error code.",
+            ["role", "code"],
+            registry=r,
+        )
+        self.sts_latency = Histogram(
+            "podiam_sts_assume_role_duration_seconds",
+            "Duration of AssumeRole calls, successful or not.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cached_identities = Gauge(
+            "podiam_credential_cache_identities",
+            "Identities (role, session, external id) with credentials in the cache.",
+            registry=r,
+        )
+        self.pods_indexed = Gauge(
+            "podiam_pods_indexed",
+            "Active pods of this node in the IP index.",
+            registry=r,
+        )
+        self.index_synced = Gauge(
+            "podiam_pod_index_synced",
+            "1 when the pod index has completed its initial list, else 0.",
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            "podiam_pod_watch_restarts_total",
+            "Times the pod watch was re-established, by reason (resume, relist).",
+            ["reason"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "podiam_imds_refusals_total",
+            "Metadata requests refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format, for GET /metrics."""
+        return generate_latest(self.registry)
