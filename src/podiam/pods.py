@@ -1,0 +1,47 @@
+"""
+What a pod is to podiam: the few fields that decide whether and how it is served.
+
+Kept free of any Kubernetes client type so that policy and the metadata endpoint can be
+tested with plain values; kube/ builds these from API objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+INACTIVE_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    uid: str
+    ip: str | None
+    """status.podIP; None until the network is set up."""
+    phase: str | None = None
+    host_network: bool = False
+    deleting: bool = False
+    """metadata.deletionTimestamp is set."""
+    service_account: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """``namespace/name``: how people and kubectl name a pod."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def active(self) -> bool:
+        """Whether the pod may be served through its IP.
+
+        A finished or terminating pod's IP can be handed to a new pod at any moment, and a
+        hostNetwork pod shares the node's IP: none of them may claim an IP.
+        """
+        return (
+            self.ip is not None
+            and not self.host_network
+            and not self.deleting
+            and self.phase not in INACTIVE_PHASES
+        )
