@@ -1,0 +1,169 @@
+"""
+The pod index: this node's active pods by IP, each with the identity policy gave it.
+
+It follows watch events exactly, so an IP belongs to whichever active pod has it now:
+when pod A dies and pod B gets its IP, A's entry is gone before B's arrives, or both are
+present for a moment and the IP is refused as ambiguous — never answered with A's role.
+Policy runs when a pod changes, not per request: a lookup is two dict reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from podiam.errors import IdentityError, PodAmbiguous, PodNotFound
+from podiam.pods import PodInfo
+from podiam.sts.credentials import Identity
+
+
+@dataclass(frozen=True)
+class PodEntry:
+    """An active pod and what policy decided for it: an identity, or the error to answer with."""
+
+    pod: PodInfo
+    identity: Identity | None
+    problem: IdentityError | None
+
+
+class IndexListener(Protocol):
+    """Told when an entry appears or changes, and when it goes (e.g. to prefetch and forget)."""
+
+    def pod_active(self, entry: PodEntry) -> None: ...
+
+    def pod_gone(self, entry: PodEntry) -> None: ...
+
+
+class PodIndex:
+    def __init__(self, decide: Callable[[PodInfo], Identity]) -> None:
+        self._decide = decide
+        self._by_uid: dict[str, PodEntry] = {}
+        self._by_ip: dict[str, dict[str, PodEntry]] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listeners: list[IndexListener] = []
+        self.synced = asyncio.Event()
+        """Set once the first full list has been applied; cleared never (re-lists replace in place)."""
+
+    def subscribe(self, listener: IndexListener) -> None:
+        self._listeners.append(listener)
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
+
+    def entries(self) -> list[PodEntry]:
+        return list(self._by_uid.values())
+
+    def identity_in_use(self, identity: Identity) -> bool:
+        """Whether any active pod still uses ``identity`` (so its credentials stay cached)."""
+        return any(e.identity == identity for e in self._by_uid.values())
+
+    # -- updates, from the watcher ---------------------------------------------------------
+
+    def replace(self, pods: Iterable[PodInfo]) -> None:
+        """Make the index exactly ``pods`` (after a full list): entries not listed are gone."""
+        listed = {pod.uid: pod for pod in pods}
+        for uid in [uid for uid in self._by_uid if uid not in listed]:
+            self._drop(uid)
+        for pod in listed.values():
+            self.upsert(pod)
+        self.synced.set()
+
+    def upsert(self, pod: PodInfo) -> None:
+        """Apply an ADDED or MODIFIED pod: index it if active, drop it if not."""
+        if not pod.active:
+            self._drop(pod.uid)
+            return
+        old = self._by_uid.get(pod.uid)
+        if old is not None and old.pod == pod:
+            return  # status-only churn (conditions, container states) changes nothing here
+        entry = self._decide_entry(pod)
+        if old is not None:
+            self._drop(pod.uid, replaced_by=entry)
+        self._by_uid[pod.uid] = entry
+        assert pod.ip is not None  # active pods have an IP
+        self._by_ip.setdefault(pod.ip, {})[pod.uid] = entry
+        self._wake(pod.ip)
+        if old is None or old.identity != entry.identity:
+            for listener in self._listeners:
+                listener.pod_active(entry)
+
+    def delete(self, pod: PodInfo) -> None:
+        """Apply a DELETED pod."""
+        self._drop(pod.uid)
+
+    # -- lookups, from the metadata endpoint ---------------------------------------------
+
+    def lookup(self, ip: str) -> PodEntry:
+        """The one active pod with ``ip``; PodNotFound or PodAmbiguous otherwise."""
+        by_uid = self._by_ip.get(ip)
+        if not by_uid:
+            raise PodNotFound(f"no pod with IP {ip} is running on this node")
+        if len(by_uid) > 1:
+            refs = ", ".join(sorted(e.pod.ref for e in by_uid.values()))
+            raise PodAmbiguous(f"IP {ip} belongs to more than one running pod ({refs}); refusing to guess")
+        return next(iter(by_uid.values()))
+
+    async def wait_for(self, ip: str, timeout: float) -> PodEntry:
+        """Like lookup, but give the watch up to ``timeout`` seconds to learn a new pod.
+
+        Pods can ask before the event that announces them arrives (Jobs, fast starts).
+        """
+        try:
+            return self.lookup(ip)
+        except PodNotFound:
+            if timeout <= 0:
+                raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(ip, set()).add(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                raise PodNotFound(
+                    f"no pod with IP {ip} is running on this node (waited {timeout:g}s for the pod watch)"
+                ) from None
+            finally:
+                self._discard_waiter(ip, waiter)
+            try:
+                return self.lookup(ip)
+            except PodNotFound:
+                continue  # woken, but the pod went again in the meantime
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _decide_entry(self, pod: PodInfo) -> PodEntry:
+        try:
+            return PodEntry(pod, self._decide(pod), None)
+        except IdentityError as e:
+            return PodEntry(pod, None, e)
+
+    def _drop(self, uid: str, replaced_by: PodEntry | None = None) -> None:
+        entry = self._by_uid.pop(uid, None)
+        if entry is None:
+            return
+        assert entry.pod.ip is not None
+        same_ip = self._by_ip.get(entry.pod.ip)
+        if same_ip is not None:
+            same_ip.pop(uid, None)
+            if not same_ip:
+                del self._by_ip[entry.pod.ip]
+        if replaced_by is None or replaced_by.identity != entry.identity:
+            for listener in self._listeners:
+                listener.pod_gone(entry)
+
+    def _wake(self, ip: str) -> None:
+        for waiter in self._waiters.pop(ip, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _discard_waiter(self, ip: str, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(ip)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[ip]
