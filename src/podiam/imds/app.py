@@ -1,0 +1,231 @@
+"""
+The metadata endpoint pods reach through the DNAT rule, in IMDS's exact wire format.
+
+Request path: source IP -> pod index (bounded wait for pods not yet seen) -> the identity
+policy gave the pod when it was indexed -> credential cache -> pre-rendered JSON bytes.
+Per-request logging happens at debug level only; refusals and errors are logged once each.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+
+from podiam.errors import (
+    CredentialsError,
+    HostNetworkCaller,
+    IdentityError,
+    InvalidRoleError,
+    NodeMetadataError,
+    NoRoleError,
+    PodAmbiguous,
+    PodiamError,
+    PodNotFound,
+    RoleMismatch,
+    StsCallFailed,
+    StsUnavailable,
+)
+from podiam.imds.routes import Match, Route, classify
+from podiam.imds.tokens import TokenIssuer, parse_ttl
+from podiam.imds.upstream import NodeMetadataClient
+from podiam.kube.pod_index import PodEntry, PodIndex
+from podiam.observability.audit import IssuanceLog
+from podiam.observability.metrics import Metrics
+from podiam.settings import ImdsSettings
+from podiam.sts.credentials import IMDS_TIME_FORMAT, Credentials, Identity
+
+log = structlog.stdlib.get_logger(__name__)
+
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+BASE_HEADERS = {"Server": "EC2ws", "Content-Type": "text/plain"}
+
+_STATUS_BY_ERROR: tuple[tuple[type[PodiamError], int, str], ...] = (
+    # Most specific first; the reason names the metrics label and the log line.
+    (PodNotFound, 404, "pod_not_found"),
+    (NoRoleError, 404, "no_role"),
+    (PodAmbiguous, 409, "ambiguous_ip"),
+    (InvalidRoleError, 403, "invalid_role"),
+    (RoleMismatch, 403, "role_mismatch"),
+    (HostNetworkCaller, 403, "host_network"),
+    (StsCallFailed, 502, "sts_error"),
+    (StsUnavailable, 504, "sts_unavailable"),
+    (CredentialsError, 502, "sts_error"),
+    (NodeMetadataError, 502, "node_metadata_unavailable"),
+    (IdentityError, 403, "forbidden"),
+)
+
+
+class CredentialSource(Protocol):
+    """Where credentials come from: the local STS cache, or (split mode) a podiam server."""
+
+    async def get(self, identity: Identity) -> Credentials: ...
+
+
+@dataclass(frozen=True)
+class ImdsDeps:
+    index: PodIndex
+    credentials: CredentialSource
+    tokens: TokenIssuer
+    issuance: IssuanceLog
+    metrics: Metrics
+    settings: ImdsSettings
+    upstream: NodeMetadataClient | None
+    ready: Callable[[], bool]
+
+
+class _Refusal(Exception):
+    """A response decided early (bad token, method, ...), carried out of the dispatch."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def _text(status: int, body: str | bytes, extra: dict[str, str] | None = None) -> web.Response:
+    headers = BASE_HEADERS if extra is None else {**BASE_HEADERS, **extra}
+    return web.Response(status=status, body=body.encode() if isinstance(body, str) else body, headers=headers)
+
+
+@functools.lru_cache(maxsize=4096)
+def iam_info(role_arn: str) -> bytes:
+    """iam/info for a pod: an instance profile named after the pod's role, never the node's."""
+    partition, account, name = role_arn.split(":")[1], role_arn.split(":")[4], role_arn.rsplit("/", 1)[-1]
+    digest = base64.b32encode(hashlib.sha256(role_arn.encode()).digest()).decode()
+    return json.dumps(
+        {
+            "Code": "Success",
+            "LastUpdated": _STARTED.strftime(IMDS_TIME_FORMAT),
+            "InstanceProfileArn": f"arn:{partition}:iam::{account}:instance-profile/{name}",
+            "InstanceProfileId": "AIPA" + digest[:17],
+        },
+        indent=2,
+    ).encode()
+
+
+_STARTED = dt.datetime.now(dt.UTC)
+
+
+class ImdsHandler:
+    def __init__(self, deps: ImdsDeps) -> None:
+        self._d = deps
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        match = classify(request.path)
+        try:
+            response = await self._dispatch(request, match)
+        except _Refusal as r:
+            self._d.metrics.refusals.labels(r.reason).inc()
+            log.info("request refused", client=request.remote, path=request.path, status=r.status,
+                     reason=r.reason, detail=str(r))
+            response = _text(r.status, str(r) + "\n")
+        self._d.metrics.requests.labels(match.route.value, str(response.status)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    async def _dispatch(self, request: web.Request, match: Match) -> web.StreamResponse:
+        route = match.route
+        if route is Route.HEALTHZ:
+            return _text(200, "ok\n")
+        if route is Route.READYZ:
+            return _text(200, "ready\n") if self._d.ready() else _text(503, "pod index not synced yet\n")
+        ip = request.remote or ""
+        if route is Route.TOKEN:
+            return self._issue_token(request, ip)
+        if request.method not in ("GET", "HEAD"):
+            raise _Refusal(405, "method", f"method {request.method} is not allowed on {request.path}")
+        self._check_token(request, ip)
+        if route is Route.OTHER:
+            return await self._proxy(request)
+        entry = await self._pod(ip)
+        identity = self._identity(entry)
+        if route is Route.ROLE_LIST:
+            return _text(200, identity.role_name)
+        if route is Route.IAM_INDEX:
+            return _text(200, "info\nsecurity-credentials/")
+        if route is Route.IAM_INFO:
+            return _text(200, iam_info(identity.role_arn))
+        # Route.CREDENTIALS
+        if match.role != identity.role_name:
+            raise self._refuse(RoleMismatch(
+                f"pod {entry.pod.ref} asked for role {match.role!r} but its role is {identity.role_name!r}"
+            ))
+        try:
+            creds = await self._d.credentials.get(identity)
+        except CredentialsError as e:
+            raise self._refuse(e, warn=True) from None
+        self._d.issuance.served(entry.pod, identity, creds)
+        if log.isEnabledFor(10):  # DEBUG: the hot path pays for nothing else
+            log.debug("credentials served", pod=entry.pod.ref, role_arn=identity.role_arn)
+        return _text(200, creds.imds_json)
+
+    def _issue_token(self, request: web.Request, ip: str) -> web.Response:
+        if request.method != "PUT":
+            raise _Refusal(405, "method", "the token endpoint takes PUT only")
+        if "X-Forwarded-For" in request.headers:
+            # As real IMDS: a token request relayed by a proxy is refused (SSRF guard).
+            raise _Refusal(403, "forwarded_token_request", "token requests through a proxy are refused")
+        ttl = parse_ttl(request.headers.get(TTL_HEADER))
+        if ttl is None:
+            raise _Refusal(400, "bad_token_ttl", f"{TTL_HEADER} must be a whole number from 1 to 21600")
+        return _text(200, self._d.tokens.issue(ip, ttl), {TTL_HEADER: str(ttl)})
+
+    def _check_token(self, request: web.Request, ip: str) -> None:
+        token = request.headers.get(TOKEN_HEADER)
+        if token is None:
+            if self._d.settings.require_imdsv2:
+                raise _Refusal(401, "token_required", "IMDSv2 is required: PUT /latest/api/token first")
+            return
+        if not self._d.tokens.valid(token, ip):
+            raise _Refusal(401, "invalid_token", "the metadata token is invalid, expired or not this pod's")
+
+    async def _pod(self, ip: str) -> PodEntry:
+        try:
+            return await self._d.index.wait_for(ip, self._d.settings.pod_wait)
+        except IdentityError as e:
+            raise self._refuse(e) from None
+
+    def _identity(self, entry: PodEntry) -> Identity:
+        if entry.identity is None:
+            assert entry.problem is not None
+            raise self._refuse(entry.problem)
+        return entry.identity
+
+    def _refuse(self, error: PodiamError, *, warn: bool = False) -> _Refusal:
+        for kind, status, reason in _STATUS_BY_ERROR:
+            if isinstance(error, kind):
+                break
+        else:
+            status, reason = 500, "internal"
+        if warn:
+            log.warning("credentials unavailable", reason=reason, detail=str(error))
+        return _Refusal(status, reason, str(error))
+
+    async def _proxy(self, request: web.Request) -> web.Response:
+        path = request.path
+        upstream = self._d.upstream
+        if upstream is None or not self._d.settings.allow_route_pattern.search(path):
+            raise _Refusal(404, "not_allowed", f"{path} is not served to pods (see --allow-route-regexp)")
+        try:
+            resp = await upstream.get(path)
+        except NodeMetadataError as e:
+            raise self._refuse(e, warn=True) from None
+        return _text(resp.status, resp.body)
+
+
+def make_app(deps: ImdsDeps) -> web.Application:
+    app = web.Application(client_max_size=4096)  # pods send no bodies worth more than that
+    app.router.add_route("*", "/{tail:.*}", ImdsHandler(deps))
+    return app

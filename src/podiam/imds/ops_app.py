@@ -1,0 +1,34 @@
+"""
+The operator-facing endpoint on the metrics port: /metrics, /healthz, /readyz.
+
+Separate from the app port on purpose: every pod can reach the app port through the DNAT
+rule, and metrics name roles and pods (a complaint about kube2iam, which served both on one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from podiam.observability.metrics import Metrics
+
+
+def make_ops_app(metrics: Metrics, ready: Callable[[], bool]) -> web.Application:
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="pod index not synced yet\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

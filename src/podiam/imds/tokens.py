@@ -1,0 +1,62 @@
+"""
+IMDSv2 session tokens, issued by podiam and bound to the pod IP that asked for them.
+
+Tokens are self-contained (expiry and IP under an HMAC with a per-process random key), so
+validating one costs a hash and no state grows with the number of tokens a pod asks for.
+A token stolen by another pod is useless: it only validates from the IP it was issued to.
+Tokens do not survive a restart of the agent; SDKs then get 401 and fetch a new one, as
+they do when real IMDS tokens expire.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import struct
+import time
+from collections.abc import Callable
+
+MIN_TTL = 1
+MAX_TTL = 21600
+_MAC_LEN = 16
+_EXPIRY = struct.Struct(">I")
+
+
+class TokenIssuer:
+    def __init__(self, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._key = key or os.urandom(32)
+        self._clock = clock
+
+    def issue(self, ip: str, ttl: int) -> str:
+        """A token valid for ``ttl`` seconds, from ``ip`` only. ``ttl`` must be in 1..21600."""
+        if not MIN_TTL <= ttl <= MAX_TTL:
+            raise ValueError(f"TTL {ttl} is outside {MIN_TTL}..{MAX_TTL}")
+        body = _EXPIRY.pack(int(self._clock()) + ttl) + ipaddress.ip_address(ip).packed
+        return base64.urlsafe_b64encode(body + self._mac(body)).decode().rstrip("=")
+
+    def valid(self, token: str, ip: str) -> bool:
+        """Whether ``token`` was issued by this process to ``ip`` and has not expired."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            packed_ip = ipaddress.ip_address(ip).packed
+        except ValueError:
+            return False
+        body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        if len(body) != _EXPIRY.size + len(packed_ip) or not hmac.compare_digest(mac, self._mac(body)):
+            return False
+        (expiry,) = _EXPIRY.unpack_from(body)
+        return body[_EXPIRY.size:] == packed_ip and self._clock() < expiry
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_LEN]
+
+
+def parse_ttl(header: str | None) -> int | None:
+    """The TTL of a token request header, or None when missing or invalid (answer 400)."""
+    if header is None or not header.strip().isdigit() or not header.strip().isascii():
+        return None
+    ttl = int(header.strip())
+    return ttl if MIN_TTL <= ttl <= MAX_TTL else None
