@@ -1,0 +1,218 @@
+"""
+Command line: flags and environment variables -> settings -> runner. Nothing else in
+podiam reads the environment (botocore's own AWS_* variables aside, on purpose).
+
+Every flag is also settable as PODIAM_<FLAG_IN_UPPER_SNAKE>; kube2iam's and kiam's flag
+names are accepted where they mean the same thing, so existing DaemonSets move over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from podiam import __version__
+from podiam.errors import ConfigError, PodiamError
+from podiam.observability import logging as podiam_logging
+from podiam.settings import (
+    DEFAULT_ALLOW_ROUTE_REGEXP,
+    AgentSettings,
+    ImdsSettings,
+    KubeSettings,
+    LogSettings,
+    MetricsSettings,
+    NodeSettings,
+    RoleSettings,
+    StsSettings,
+)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|ns|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (``1h``, ``30m``, ``800ms``, ``1h30m``) or a plain number."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        if not value:
+            raise ValueError("empty duration") from None
+        while pos < len(value):
+            m = _DURATION_PART.match(value, pos)
+            if m is None:
+                raise ValueError(f"{text!r} is not a duration like 1h, 30m, 800ms or 1h30m") from None
+            seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a finite, non-negative duration")
+    return seconds
+
+
+class Duration(click.ParamType[float]):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class Regexp(click.ParamType[str]):
+    name = "regexp"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            re.compile(str(value))
+        except re.error as e:
+            self.fail(f"{value!r} is not a valid regular expression: {e}", param, ctx)
+        return str(value)
+
+
+DURATION = Duration()
+
+
+def _env(flag: str, *extra: str) -> list[str]:
+    name = flag.split("/", 1)[0]  # "iptables/--no-iptables" -> PODIAM_IPTABLES
+    return ["PODIAM_" + name.upper().replace("-", "_"), *extra]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _opt(flag: str, *aliases: str, env_extra: tuple[str, ...] = (), **kwargs: Any) -> Callable[[_F], _F]:
+    """An option named ``--flag`` (plus aliases) with its PODIAM_ env var and the default shown."""
+    kwargs.setdefault("show_default", True)
+    return click.option(f"--{flag}", *aliases, envvar=_env(flag, *env_extra), show_envvar=True, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="podiam")
+def main() -> None:
+    """podiam: per-pod AWS IAM credentials for Kubernetes, served like the EC2 metadata service."""
+
+
+@main.command()
+@_opt("kubeconfig", type=click.Path(dir_okay=False), default=None, env_extra=("KUBECONFIG",),
+      help="kubeconfig for API access [default: in-cluster config, else KUBECONFIG / ~/.kube/config]")
+@_opt("node", type=str, default=None, env_extra=("NODE_NAME",), show_default=False,
+      help="Name of this node; only pods bound to it are watched and served. Required.")
+@_opt("app-port", "--port", type=click.IntRange(1, 65535), default=8181,
+      help="Port of the metadata endpoint the DNAT rule sends pods to (kiam: --port).")
+@_opt("host-ip", "--host", type=str, default=None, env_extra=("HOST_IP",),
+      help="Node IP the DNAT rule sends pod metadata traffic to (kiam: --host).")
+@_opt("host-interface", type=str, default="docker0",
+      help="Pod-facing interface(s) for the DNAT rule: a name, a 'cali+' wildcard or '!eth0' negation.")
+@_opt("iptables/--no-iptables", default=False,
+      help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
+@_opt("base-role-arn", "--role-base-arn", type=str, default=None,
+      help="Prefix for role names that are not ARNs, e.g. arn:aws:iam::123456789012:role/ (kiam: --role-base-arn).")
+@_opt("auto-discover-base-arn", "--role-base-arn-autodetect", is_flag=True, default=False,
+      help="Take account and partition for the base ARN from the node's IMDS iam/info.")
+@_opt("default-role", type=str, default=None,
+      help="Role (name or ARN) for pods without the role annotation. Unset: such pods get 404.")
+@_opt("iam-role-key", type=str, default="iam.amazonaws.com/role",
+      help="Pod annotation holding a role name or a full role ARN.")
+@_opt("iam-external-id", type=str, default="iam.amazonaws.com/external-id",
+      help="Pod annotation holding an STS ExternalId.")
+@_opt("session-duration", type=DURATION, default="1h",
+      help="STS session duration (DurationSeconds): how long issued credentials are valid.")
+@_opt("session-refresh", type=DURATION, default="30m",
+      help="Refresh credentials in the background when less than this remains.")
+@_opt("sts-timeout", type=DURATION, default="5s", help="Deadline of one AssumeRole call, retries included.")
+@_opt("iam-role-error-ttl", type=DURATION, default="10s",
+      help="How long an STS error for one identity is answered from memory before STS is asked again.")
+@_opt("use-regional-sts-endpoint", is_flag=True, default=False,
+      help="Use the regional STS endpoint of the region (AWS_REGION / AWS_DEFAULT_REGION / node placement).")
+@_opt("metadata-addr", type=str, default="169.254.169.254",
+      help="The node's real metadata service, host or host:port, for allow-listed paths only.")
+@_opt("require-imdsv2", is_flag=True, default=False,
+      help="Refuse token-less metadata requests (401), as an instance with IMDSv2 required does.")
+@_opt("pod-wait", type=DURATION, default="800ms",
+      help="How long a request from an IP not yet in the pod index waits for the pod watch.")
+@_opt("allow-route-regexp", "--whitelist-route-regexp", type=Regexp(), default=DEFAULT_ALLOW_ROUTE_REGEXP,
+      help="Non-IAM paths matching this are proxied to the real metadata service; all else is 404. "
+      "Default: SDK region discovery only (placement/*, dynamic/instance-identity/document).")
+@_opt("metrics-port", type=click.IntRange(1, 65535), default=9181,
+      help="Port of /metrics, /healthz and /readyz; never the app port pods can reach.")
+@_opt("shutdown-grace", type=DURATION, default="5s", help="Time in-flight requests get to finish at shutdown.")
+@_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
+@_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+      default="info", help="Log level; per-request lines appear at debug only.")
+def agent(**flags: Any) -> None:
+    """Serve pods on this node their own IAM role's credentials (kube2iam's architecture)."""
+    try:
+        settings = agent_settings(flags, os.environ)
+        podiam_logging.configure(settings.log)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    from podiam.runner import Agent  # imported late: `podiam --help` stays fast
+
+    try:
+        _run(Agent(settings).run())
+    except ConfigError as e:
+        click.echo(f"podiam agent: configuration error: {e}", err=True)
+        sys.exit(2)
+    except PodiamError as e:
+        click.echo(f"podiam agent: {e}", err=True)
+        sys.exit(1)
+
+
+def agent_settings(flags: dict[str, Any], environ: dict[str, str] | Any) -> AgentSettings:
+    """Settings from parsed flags; ``environ`` only for the AWS region, which botocore reads alone otherwise."""
+    if not flags["node"]:
+        raise ConfigError("--node (or NODE_NAME) is required: the agent serves the pods of one node")
+    if flags["session_refresh"] >= flags["session_duration"]:
+        raise ConfigError("--session-refresh must be shorter than --session-duration")
+    if flags["session_duration"] < 900 or flags["session_duration"] > 43200:
+        raise ConfigError("--session-duration must be between 15m and 12h (STS limits)")
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+    return AgentSettings(
+        kube=KubeSettings(node_name=flags["node"], kubeconfig=flags["kubeconfig"]),
+        roles=RoleSettings(
+            base_role_arn=flags["base_role_arn"],
+            auto_discover_base_arn=flags["auto_discover_base_arn"],
+            default_role=flags["default_role"],
+            role_key=flags["iam_role_key"],
+            external_id_key=flags["iam_external_id"],
+        ),
+        sts=StsSettings(
+            session_duration=flags["session_duration"],
+            session_refresh=flags["session_refresh"],
+            call_timeout=flags["sts_timeout"],
+            error_ttl=flags["iam_role_error_ttl"],
+            region=region,
+            regional_endpoint=flags["use_regional_sts_endpoint"],
+        ),
+        imds=ImdsSettings(
+            app_port=flags["app_port"],
+            metadata_addr=flags["metadata_addr"],
+            allow_route_regexp=flags["allow_route_regexp"],
+            require_imdsv2=flags["require_imdsv2"],
+            pod_wait=flags["pod_wait"],
+            shutdown_grace=flags["shutdown_grace"],
+        ),
+        node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],
+                          iptables=flags["iptables"]),
+        log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower()),
+        metrics=MetricsSettings(port=flags["metrics_port"]),
+    )
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)

@@ -1,0 +1,195 @@
+"""
+The agent's life: start in dependency order, serve until a signal or a root task ends,
+then stop in stages.
+
+Start: node discovery (region, base ARN) -> STS client and cache -> pod index, fed by the
+pod watcher -> the metadata and operator endpoints -> the iptables rule, last, so the rule
+never sends a pod to a port nobody listens on.
+
+Stop (SIGTERM/SIGINT only set a flag): not ready -> the metadata endpoint stops accepting
+and in-flight requests finish (up to --shutdown-grace) -> the iptables rule is removed ->
+root tasks are cancelled, and any that will not stop is named -> clients are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from podiam.errors import ConfigError, NodeMetadataError, PodiamError
+from podiam.imds.app import ImdsDeps, make_app
+from podiam.imds.ops_app import make_ops_app
+from podiam.imds.tokens import TokenIssuer
+from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
+from podiam.kube.connection import make_client
+from podiam.kube.pod_index import PodEntry, PodIndex
+from podiam.kube.pod_watcher import PodWatcher
+from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
+from podiam.observability.audit import IssuanceLog
+from podiam.observability.metrics import Metrics
+from podiam.policy import RolePolicy
+from podiam.settings import AgentSettings
+from podiam.sts.assumer import StsAssumer
+from podiam.sts.cache import CredentialCache
+
+log = structlog.stdlib.get_logger(__name__)
+
+TASK_STOP_TIMEOUT = 5.0
+"""Seconds a cancelled root task gets to finish before it is reported as stuck."""
+
+
+class PrefetchOnBind:
+    """Pod index listener: credentials are fetched when a pod is bound, not when it asks.
+
+    A pod seen before its first request therefore never waits for STS; when the last pod
+    of an identity goes, its credentials stop being refreshed.
+    """
+
+    def __init__(self, cache: CredentialCache, index: PodIndex, issuance: IssuanceLog) -> None:
+        self._cache, self._index, self._issuance = cache, index, issuance
+
+    def pod_active(self, entry: PodEntry) -> None:
+        if entry.identity is not None:
+            self._cache.prefetch(entry.identity)
+        elif entry.problem is not None:
+            log.warning("pod cannot be served", pod=entry.pod.ref, reason=str(entry.problem))
+
+    def pod_gone(self, entry: PodEntry) -> None:
+        self._issuance.forget(entry.pod)
+        if entry.identity is not None and not self._index.identity_in_use(entry.identity):
+            self._cache.discard(entry.identity)
+
+
+async def _resolve_node_facts(settings: AgentSettings, upstream: NodeMetadataClient) -> tuple[str, str | None]:
+    """The STS region and the base role ARN, from flags or from the node's own IMDS."""
+    region = settings.sts.region
+    if region is None:
+        try:
+            region = await upstream.region()
+        except NodeMetadataError as e:
+            raise ConfigError(
+                f"no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), or let the agent reach the "
+                f"node's metadata service at {settings.imds.metadata_addr} ({e})"
+            ) from e
+        log.info("region discovered from node metadata", region=region)
+    base_arn = settings.roles.base_role_arn
+    if base_arn is None and settings.roles.auto_discover_base_arn:
+        try:
+            base_arn = base_arn_from_profile(await upstream.instance_profile_arn())
+        except NodeMetadataError as e:
+            raise ConfigError(f"--auto-discover-base-arn: {e}") from e
+        log.info("base role ARN discovered from node metadata", base_role_arn=base_arn)
+    return region, base_arn
+
+
+async def _start_site(app: web.Application, host: str, port: int, grace: float) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return runner
+
+
+class Agent:
+    """One node agent. ``run()`` returns when stopped by ``stop()`` or a signal."""
+
+    def __init__(self, settings: AgentSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        rule = DnatRule.from_settings(s.node, s.imds.app_port) if s.node.iptables else None
+        async with contextlib.AsyncExitStack() as stack:
+            upstream = await stack.enter_async_context(
+                NodeMetadataClient(s.imds.metadata_addr, s.imds.upstream_timeout)
+            )
+            region, base_arn = await _resolve_node_facts(s, upstream)
+            policy = RolePolicy.from_settings(s.roles, base_arn)
+            assumer = await stack.enter_async_context(StsAssumer(region, s.sts, self.metrics))
+            cache = await stack.enter_async_context(CredentialCache(assumer, s.sts, self.metrics))
+            issuance = IssuanceLog(s.kube.node_name)
+            index = PodIndex(policy.identity)
+            index.subscribe(PrefetchOnBind(cache, index, issuance))
+            client = make_client(s.kube)
+            stack.push_async_callback(client.close)
+
+            self._spawn("pod-watcher", PodWatcher(client, index, s.kube, self.metrics).run())
+
+            def ready() -> bool:
+                return index.synced.is_set() and not self._stop.is_set()
+
+            deps = ImdsDeps(index=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
+                            metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready)
+            imds_site = await _start_site(make_app(deps), s.imds.bind_address, s.imds.app_port,
+                                          s.imds.shutdown_grace)
+            stack.push_async_callback(imds_site.cleanup)  # idempotent; normally done in _shutdown
+            ops_site = await _start_site(make_ops_app(self.metrics, ready), s.metrics.bind_address,
+                                         s.metrics.port, 1.0)
+            stack.push_async_callback(ops_site.cleanup)
+            if rule is not None:
+                added = await ensure_rule(rule)
+                log.info("iptables rule " + ("installed" if added else "already present"),
+                         interface=rule.interface, destination=rule.destination)
+            log.info("agent started", node=s.kube.node_name, app_port=s.imds.app_port,
+                     metrics_port=s.metrics.port, region=region, base_role_arn=base_arn,
+                     default_role=policy.default_role_arn)
+            try:
+                await self._serve()
+            finally:
+                await self._shutdown(imds_site, rule)
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._root_task_done)
+        self._tasks.append(task)
+
+    def _root_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            error = task.exception()
+            log.error("root task ended unexpectedly; stopping the agent", task=task.get_name(),
+                      error=repr(error) if error else None)
+        self._stop.set()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        log.info("stopping")
+
+    async def _shutdown(self, imds_site: web.AppRunner, rule: DnatRule | None) -> None:
+        self._stop.set()
+        await imds_site.cleanup()  # stop accepting; in-flight requests finish within the grace
+        if rule is not None:
+            try:
+                removed = await remove_rule(rule)
+                log.info("iptables rule removed", copies=removed)
+            except PodiamError as e:
+                log.error("could not remove the iptables rule; remove it by hand", error=str(e))
+        for task in self._tasks:
+            task.cancel()
+        done, pending = await asyncio.wait(self._tasks, timeout=TASK_STOP_TIMEOUT) if self._tasks else (set(), set())
+        for task in pending:
+            log.error("root task did not stop", task=task.get_name())
+        self._tasks.clear()
+        log.info("stopped")

@@ -1,0 +1,74 @@
+"""Flags -> settings: durations, env vars, aliases, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from podiam.cli import main, parse_duration
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1h", 3600), ("30m", 1800), ("800ms", 0.8), ("1h30m", 5400), ("1.5s", 1.5), ("90", 90), ("0", 0),
+    ("250us", 0.00025),
+])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "h", "1x", "-1s", "1h-", "inf", "nan", "1 h"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@given(st.integers(0, 100), st.integers(0, 59), st.integers(0, 59))
+def test_go_style_durations_add_up(h: int, m: int, s: int) -> None:
+    assert parse_duration(f"{h}h{m}m{s}s") == h * 3600 + m * 60 + s
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), env=env or {})
+    return result.exit_code, result.output
+
+
+def test_help_lists_every_flag_with_its_env_var() -> None:
+    code, out = run("agent", "--help")
+    assert code == 0
+    for flag in ("--node", "--app-port", "--host-ip", "--host-interface", "--iptables", "--base-role-arn",
+                 "--auto-discover-base-arn", "--default-role", "--iam-role-key", "--iam-external-id",
+                 "--session-duration", "--session-refresh", "--use-regional-sts-endpoint", "--metadata-addr",
+                 "--require-imdsv2", "--pod-wait", "--allow-route-regexp", "--metrics-port", "--log-format",
+                 "--log-level", "--kubeconfig"):
+        assert flag in out, flag
+    assert "PODIAM_SESSION_DURATION" in out
+    assert "PODIAM_IPTABLES" in out
+
+
+def test_missing_node_is_a_usage_error() -> None:
+    code, out = run("agent")
+    assert code == 2
+    assert "--node (or NODE_NAME) is required" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--session-duration", "soon"], "not a duration"),
+    (["--pod-wait", "-1"], "non-negative"),
+    (["--allow-route-regexp", "("], "not a valid regular expression"),
+    (["--app-port", "70000"], "70000"),
+    (["--session-refresh", "2h"], "--session-refresh must be shorter"),
+    (["--session-duration", "5m", "--session-refresh", "1m"], "between 15m and 12h"),
+    (["--log-format", "xml"], "xml"),
+])
+def test_bad_flags_are_refused_clearly(args: list[str], message: str) -> None:
+    code, out = run("agent", "--node", "n1", *args)
+    assert code == 2
+    assert message in out
+
+
+def test_version() -> None:
+    code, out = run("--version")
+    assert code == 0
+    assert "podiam" in out
