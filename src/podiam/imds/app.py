@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ from podiam.settings import ImdsSettings
 from podiam.sts.credentials import IMDS_TIME_FORMAT, Credentials, Identity
 
 log = structlog.stdlib.get_logger(__name__)
+request_log = logging.getLogger("podiam.imds.requests")
+"""Per-request lines, at debug level only: checked with isEnabledFor so the hot path pays nothing."""
 
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 BASE_HEADERS = {"Server": "EC2ws", "Content-Type": "text/plain"}
 
@@ -120,7 +123,7 @@ class ImdsHandler:
     def __init__(self, deps: ImdsDeps) -> None:
         self._d = deps
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         match = classify(request.path)
         try:
@@ -167,8 +170,8 @@ class ImdsHandler:
         except CredentialsError as e:
             raise self._refuse(e, warn=True) from None
         self._d.issuance.served(entry.pod, identity, creds)
-        if log.isEnabledFor(10):  # DEBUG: the hot path pays for nothing else
-            log.debug("credentials served", pod=entry.pod.ref, role_arn=identity.role_arn)
+        if request_log.isEnabledFor(logging.DEBUG):
+            request_log.debug("credentials served to %s for %s", entry.pod.ref, identity.role_arn)
         return _text(200, creds.imds_json)
 
     def _issue_token(self, request: web.Request, ip: str) -> web.Response:
@@ -204,11 +207,8 @@ class ImdsHandler:
         return entry.identity
 
     def _refuse(self, error: PodiamError, *, warn: bool = False) -> _Refusal:
-        for kind, status, reason in _STATUS_BY_ERROR:
-            if isinstance(error, kind):
-                break
-        else:
-            status, reason = 500, "internal"
+        status, reason = next(((st, why) for kind, st, why in _STATUS_BY_ERROR if isinstance(error, kind)),
+                              (500, "internal"))
         if warn:
             log.warning("credentials unavailable", reason=reason, detail=str(error))
         return _Refusal(status, reason, str(error))
@@ -227,5 +227,5 @@ class ImdsHandler:
 
 def make_app(deps: ImdsDeps) -> web.Application:
     app = web.Application(client_max_size=4096)  # pods send no bodies worth more than that
-    app.router.add_route("*", "/{tail:.*}", ImdsHandler(deps))
+    app.router.add_route("*", "/{tail:.*}", ImdsHandler(deps).handle)
     return app
