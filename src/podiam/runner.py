@@ -185,10 +185,10 @@ class Agent:
                 removed = await remove_rule(rule)
                 log.info("iptables rule removed", copies=removed)
             except PodiamError as e:
-                log.error("could not remove the iptables rule; remove it by hand", error=str(e))
+                log.error("could not remove the iptables rule; remove it by hand", error=str(e))  # noqa: TRY400
         for task in self._tasks:
             task.cancel()
-        done, pending = await asyncio.wait(self._tasks, timeout=TASK_STOP_TIMEOUT) if self._tasks else (set(), set())
+        _, pending = await asyncio.wait(self._tasks, timeout=TASK_STOP_TIMEOUT) if self._tasks else (set(), set())
         for task in pending:
             log.error("root task did not stop", task=task.get_name())
         self._tasks.clear()

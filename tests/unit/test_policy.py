@@ -120,7 +120,7 @@ def test_policy_uses_the_annotation_then_the_default_role() -> None:
 
 def test_no_annotation_and_no_default_role_is_no_role() -> None:
     policy = RolePolicy.from_settings(RoleSettings(), BASE)
-    with pytest.raises(NoRoleError, match="shop/web-1 has no iam.amazonaws.com/role annotation"):
+    with pytest.raises(NoRoleError, match=r"shop/web-1 has no iam\.amazonaws\.com/role annotation"):
         policy.identity(pod({}))
 
 

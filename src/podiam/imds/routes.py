@@ -15,7 +15,7 @@ _VERSION_RE = re.compile(r"latest|\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 class Route(enum.Enum):
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - a route name, not a secret
     """PUT /latest/api/token: issue an IMDSv2 session token."""
     IAM_INDEX = "iam_index"
     """/latest/meta-data/iam/: lists info and security-credentials/."""

@@ -79,8 +79,8 @@ class PodWatcher:
             try:
                 if version is None:
                     version = await self._relist()
-                async for version in self._watch(version):  # noqa: B007 - the loop keeps the last seen
-                    failures = 0
+                async for seen in self._watch(version):
+                    version, failures = seen, 0
             except WatchGone:
                 log.info("pod watch: resourceVersion %s expired (410 Gone); re-listing", version)
                 self._metrics.watch_restarts.labels("relist").inc()

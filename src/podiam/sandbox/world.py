@@ -1,0 +1,354 @@
+"""
+A whole node on one machine, for the demo and the end-to-end tests: a Kubernetes API
+emulator, moto as STS, a stand-in for the node's own IMDS, pods as network namespaces on
+a bridge, and the real ``podiam agent`` process with its real iptables rule.
+
+Pods are registered in the API the way a kubelet would report them (spec.nodeName,
+status.podIP, phase Running), through a real Kubernetes client, so the agent sees exactly
+the events a cluster would send it. SDKs run inside the pods with no credentials of their
+own and only find the metadata service at 169.254.169.254.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import lightkube
+from lightkube.models.core_v1 import Container, PodSpec, PodStatus
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.core_v1 import Pod as KubePod
+
+from podiam.sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
+from podiam.sandbox.sts import MotoSts
+
+NODE_NAME = "node-1"
+ACCOUNT = "123456789012"
+BASE_ARN = f"arn:aws:iam::{ACCOUNT}:role/"
+AGENT_START_TIMEOUT = 30.0
+AGENT_STOP_TIMEOUT = 20.0
+_BIN = Path(sys.executable).parent
+
+
+class WorldError(Exception):
+    """The sandbox could not be set up or did not behave (not a podiam error)."""
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0,
+                     what: str = "a condition") -> None:
+    """Poll ``check`` until it holds; WorldError naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise WorldError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)  # the polling interval; the deadline bounds the wait
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class WorldPod:
+    """A pod both as a network namespace (where SDKs run) and as an API object."""
+
+    world: World
+    net: Pod
+    namespace: str
+    name: str
+
+    @property
+    def ip(self) -> str:
+        return self.net.ip
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    async def http(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> HttpResponse:
+        """A raw request to 169.254.169.254 from inside the pod."""
+        return await self.net.http(method, path, headers)
+
+    async def run(self, argv: Sequence[str], timeout: float = 60.0) -> CommandResult:
+        """Run a program in the pod with an SDK's environment: no credentials, only STS's address."""
+        return await self.net.run(argv, self.world.sdk_env(), timeout=timeout)
+
+    async def boto3_caller_arn(self) -> str:
+        """STS GetCallerIdentity through boto3's default credential chain, inside the pod."""
+        script = "import boto3, json; print(json.dumps(boto3.client('sts').get_caller_identity()))"
+        return _caller_arn(await self.run([sys.executable, "-c", script]), "boto3")
+
+    async def cli_caller_arn(self) -> str:
+        """``aws sts get-caller-identity`` inside the pod."""
+        return _caller_arn(await self.run([str(_BIN / "aws"), "sts", "get-caller-identity", "--output", "json"]),
+                           "aws cli")
+
+
+def _caller_arn(result: CommandResult, what: str) -> str:
+    if result.returncode != 0:
+        raise WorldError(f"{what} failed in the pod (exit {result.returncode}): {result.stderr.strip()[-800:]}")
+    try:
+        return str(json.loads(result.stdout)["Arn"])
+    except (ValueError, KeyError) as e:
+        raise WorldError(f"{what} printed no caller identity: {result.stdout[:300]!r}") from e
+
+
+class AgentProcess:
+    """A running ``podiam agent``; its log goes to a file that tests and the demo can read."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, metrics_port: int) -> None:
+        self.argv, self._env, self.log_path, self.metrics_port = argv, env, log_path, metrics_port
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self._process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self._env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        await self.wait_ready()
+
+    async def wait_ready(self, timeout: float = AGENT_START_TIMEOUT) -> None:
+        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+
+            async def ready() -> bool:
+                if self.returncode is not None:
+                    raise WorldError(f"the agent exited with {self.returncode} at start:\n{self.logs()[-3000:]}")
+                try:
+                    async with session.get(url) as resp:
+                        return resp.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    return False
+
+            try:
+                await wait_until(ready, timeout, "the agent to be ready")
+            except WorldError as e:
+                raise WorldError(f"{e}:\n{self.logs()[-3000:]}") from None
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session, \
+                session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
+            return await resp.text()
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = AGENT_STOP_TIMEOUT) -> int:
+        """Signal the agent and wait for it to exit; returns its exit code."""
+        process = self._process
+        if process is None:
+            return 0
+        if process.returncode is None:
+            process.send_signal(sig)
+        try:
+            async with asyncio.timeout(timeout):
+                return await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise WorldError(f"the agent did not stop within {timeout:g}s of signal {sig}") from None
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+class World:
+    """``async with World() as world:`` builds the node; everything is removed on exit."""
+
+    def __init__(self, node_name: str = NODE_NAME) -> None:
+        self.node_name = node_name
+        self._stack = contextlib.AsyncExitStack()
+        self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
+        self.agents: list[AgentProcess] = []
+        self._namespaces: set[str] = set()
+        self.net: PodNetwork
+        self.sts: MotoSts
+        self.node_imds_addr: str
+        """host:port of the stand-in for the node's own IMDS."""
+        self.kube: lightkube.AsyncClient
+        self.kubeconfig: Path
+
+    async def __aenter__(self) -> Self:
+        try:
+            await cleanup_stale()  # a crashed earlier run must not leave rules that shadow ours
+            self.net = await self._stack.enter_async_context(PodNetwork())
+            # STS listens on the bridge address: the agent and the pods' SDKs both reach it there.
+            self.sts = await self._stack.enter_async_context(MotoSts(host=self.net.gateway_ip))
+            self.node_imds_addr = (await self._start_service(
+                "podiam.sandbox.node_imds", "--host", "127.0.0.1", "--port", "0"
+            )).removeprefix("http://").rstrip("/")
+            self.kubeconfig = self._tmp / "kubeconfig"
+            await self._start_service("podiam.sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
+                                      "--kubeconfig", str(self.kubeconfig))
+            self.kube = lightkube.AsyncClient(lightkube.KubeConfig.from_file(self.kubeconfig))
+            self._stack.push_async_callback(self.kube.close)
+            self._stack.push_async_callback(self._stop_agents)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start_service(self, module: str, *args: str) -> str:
+        """Run ``python -m module`` until the world ends; returns the URL from its ``ready <url>`` line.
+
+        The sandbox servers run in processes of their own: kmock patches aiohttp's resolver
+        process-wide, and in-process servers would keep connection tasks in the test process.
+        """
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+        )
+        self._stack.push_async_callback(_terminate, process)
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(AGENT_START_TIMEOUT):
+                while not (line := (await process.stdout.readline()).decode()).startswith("ready "):
+                    if not line:
+                        raise WorldError(f"{module} exited with {await process.wait()} at start")
+        except TimeoutError:
+            raise WorldError(f"{module} did not start in time") from None
+        # Keep draining its output so a chatty server never blocks on a full pipe.
+        drain = asyncio.create_task(_drain(process.stdout), name=f"{module}-output")
+        self._stack.push_async_callback(_cancel, drain)
+        return line.split(" ", 1)[1].strip()
+
+    async def _stop_agents(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(WorldError):
+                await agent.stop()
+
+    def sdk_env(self) -> dict[str, str]:
+        """What an application container would have: no credentials, region and STS's address."""
+        home = self._tmp / "home"
+        home.mkdir(exist_ok=True)
+        return {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_STS": self.sts.endpoint_url,
+            "AWS_CONFIG_FILE": str(home / "no-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-credentials"),
+        }
+
+    def agent_argv(self, *extra: str, app_port: int, metrics_port: int, iptables: bool = True) -> list[str]:
+        argv = [
+            sys.executable, "-m", "podiam", "agent",
+            "--node", self.node_name,
+            "--kubeconfig", str(self.kubeconfig),
+            "--app-port", str(app_port),
+            "--metrics-port", str(metrics_port),
+            "--host-ip", self.net.gateway_ip,
+            "--host-interface", self.net.bridge_name,
+            "--base-role-arn", BASE_ARN,
+            "--metadata-addr", self.node_imds_addr,
+        ]  # fmt: skip
+        if iptables:
+            argv.append("--iptables")
+        return [*argv, *extra]
+
+    async def start_agent(self, *extra: str, iptables: bool = True, app_port: int | None = None,
+                          env: Mapping[str, str] | None = None) -> AgentProcess:
+        """Start ``podiam agent`` for this node and wait until it is ready."""
+        metrics_port = free_port()
+        argv = self.agent_argv(*extra, app_port=app_port or free_port(self.net.gateway_ip),
+                               metrics_port=metrics_port, iptables=iptables)
+        agent_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
+                     **self.sts.client_env(), **(env or {})}
+        agent = AgentProcess(argv, agent_env, self._tmp / f"agent-{len(self.agents)}.log", metrics_port)
+        self.agents.append(agent)
+        await agent.start()
+        return agent
+
+    async def ensure_namespace(self, namespace: str) -> None:
+        if namespace in self._namespaces:
+            return
+        with contextlib.suppress(Exception):  # already there (the emulator answers 409)
+            await self.kube.create(Namespace(metadata=ObjectMeta(name=namespace)))
+        self._namespaces.add(namespace)
+
+    async def add_pod(
+        self,
+        name: str,
+        namespace: str = "default",
+        *,
+        role: str | None = None,
+        annotations: Mapping[str, str] | None = None,
+        ip: str | None = None,
+        register: bool = True,
+    ) -> WorldPod:
+        """A pod network namespace and, unless ``register`` is False, its Running Pod object."""
+        net_pod = await self.net.add_pod(f"{namespace}-{name}"[:40], ip=ip)
+        pod = WorldPod(self, net_pod, namespace, name)
+        if register:
+            await self.register(pod, role=role, annotations=annotations)
+        return pod
+
+    async def register(self, pod: WorldPod, *, role: str | None = None,
+                       annotations: Mapping[str, str] | None = None) -> None:
+        """Create the Pod object as a kubelet would report a running pod on this node."""
+        await self.ensure_namespace(pod.namespace)
+        notes = dict(annotations or {})
+        if role is not None:
+            notes["iam.amazonaws.com/role"] = role
+        await self.kube.create(KubePod(
+            metadata=ObjectMeta(name=pod.name, namespace=pod.namespace, annotations=notes),
+            spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=self.node_name,
+                         serviceAccountName="default"),
+            status=PodStatus(phase="Running", podIP=pod.ip, podIPs=[{"ip": pod.ip}]),  # type: ignore[list-item]
+        ))
+
+    async def patch_pod(self, pod: WorldPod, patch: dict[str, Any]) -> None:
+        await self.kube.patch(KubePod, pod.name, patch, namespace=pod.namespace)
+
+    async def delete_pod(self, pod: WorldPod, *, keep_network: bool = False) -> None:
+        """Delete the Pod object and, unless ``keep_network``, its network namespace."""
+        await self.kube.delete(KubePod, pod.name, namespace=pod.namespace)
+        if not keep_network:
+            await self.net.remove_pod(pod.net)

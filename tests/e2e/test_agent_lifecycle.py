@@ -1,0 +1,125 @@
+"""
+Agent configurations and lifecycle through the real DNAT path: default role, IMDSv2
+required, the iptables rule across restarts and at SIGTERM, requests that arrive before
+their pod's watch event, draining at shutdown, and logs that never hold a secret.
+Each test runs its own agent; only one agent holds the rule at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from podiam.node.iptables import DnatRule, rule_count
+from podiam.sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+CREDS = "/latest/meta-data/iam/security-credentials/"
+
+
+def rule_for(world: World, app_port: int) -> DnatRule:
+    return DnatRule(interface=world.net.bridge_name, host_ip=world.net.gateway_ip, host_port=app_port)
+
+
+async def established_from(ip: str, port: int) -> bool:
+    """Whether a TCP connection from ``ip`` to our ``port`` is open (the request is in flight)."""
+    ss = await asyncio.create_subprocess_exec(
+        "ss", "-Htn", "state", "established", f"( sport = :{port} )", stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(5):
+        out, _ = await ss.communicate()
+    return f"{ip}:" in out.decode()
+
+
+async def test_the_default_role_serves_unannotated_pods(world: World) -> None:
+    agent = await world.start_agent("--default-role", "fallback")
+    try:
+        pod = await world.add_pod("plain-default", "team-c")
+        assert await pod.boto3_caller_arn() == f"arn:aws:sts::{ACCOUNT}:assumed-role/fallback/team-c.plain-default"
+    finally:
+        assert await agent.stop() == 0
+
+
+async def test_required_imdsv2_refuses_tokenless_requests_and_serves_sdks(world: World) -> None:
+    agent = await world.start_agent("--require-imdsv2")
+    try:
+        pod = await world.add_pod("v2-only", "team-c", role="role-v2")
+        assert (await pod.http("GET", CREDS)).status == 401
+        token = (await pod.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})).body
+        assert (await pod.http("GET", CREDS, {"X-aws-ec2-metadata-token": token.decode()})).status == 200
+        assert await pod.boto3_caller_arn() == f"arn:aws:sts::{ACCOUNT}:assumed-role/role-v2/team-c.v2-only"
+    finally:
+        assert await agent.stop() == 0
+
+
+async def test_the_rule_is_added_once_across_restarts_and_removed_at_sigterm(world: World) -> None:
+    port = free_port(world.net.gateway_ip)
+    rule = rule_for(world, port)
+    first = await world.start_agent(app_port=port)
+    assert await rule_count(rule) == 1
+    # A crash (SIGKILL) leaves the rule; the next start must not add a second copy.
+    await first.stop(signal.SIGKILL)
+    assert await rule_count(rule) == 1
+    second = await world.start_agent(app_port=port)
+    assert await rule_count(rule) == 1
+    pod = await world.add_pod("after-restart", "team-c", role="role-r")
+    assert (await pod.http("GET", CREDS)).body == b"role-r"
+    assert await second.stop(signal.SIGTERM) == 0
+    assert await rule_count(rule) == 0
+    assert "iptables rule removed" in second.logs()
+
+
+async def test_a_request_before_the_pods_watch_event_is_answered_within_the_wait(world: World) -> None:
+    port = free_port(world.net.gateway_ip)
+    agent = await world.start_agent("--pod-wait", "5s", app_port=port)
+    try:
+        pod = await world.add_pod("early-bird", "team-c", register=False)
+        request = asyncio.create_task(pod.http("GET", CREDS))
+        await wait_until(lambda: established_from(pod.ip, port), what="the pod's request to reach the agent")
+        assert not request.done()
+        await world.register(pod, role="role-early")
+        async with asyncio.timeout(10):
+            resp = await request
+        assert (resp.status, resp.body) == (200, b"role-early")
+    finally:
+        assert await agent.stop() == 0
+
+
+async def test_shutdown_lets_in_flight_requests_finish(world: World) -> None:
+    port = free_port(world.net.gateway_ip)
+    agent = await world.start_agent("--pod-wait", "5s", "--shutdown-grace", "10s", app_port=port)
+    pod = await world.add_pod("in-flight", "team-c", register=False)
+    request = asyncio.create_task(pod.http("GET", CREDS))
+    await wait_until(lambda: established_from(pod.ip, port), what="the pod's request to reach the agent")
+    stopping = asyncio.create_task(agent.stop(signal.SIGTERM))
+
+    async def stopping_logged() -> bool:
+        return "stopping" in agent.logs()
+
+    await wait_until(stopping_logged, what="the agent to begin stopping")
+    await world.register(pod, role="role-late")
+    async with asyncio.timeout(15):
+        resp = await request
+        assert await stopping == 0
+    assert (resp.status, resp.body) == (200, b"role-late")
+
+
+async def test_logs_record_issuance_and_never_a_secret(world: World) -> None:
+    agent: AgentProcess = await world.start_agent("--log-format", "json", "--log-level", "debug")
+    try:
+        pod = await world.add_pod("audited", "team-c", role="role-audit")
+        doc = (await pod.http("GET", CREDS + "role-audit")).json()
+        await pod.http("GET", CREDS + "role-audit")
+        await pod.http("GET", CREDS + "someone-else")  # a refusal is logged too
+    finally:
+        assert await agent.stop() == 0
+    logs = agent.logs()
+    assert doc["SecretAccessKey"] not in logs
+    assert doc["Token"] not in logs
+    issued = [line for line in logs.splitlines() if '"credentials issued"' in line]
+    assert len(issued) == 1, issued
+    assert doc["AccessKeyId"] in issued[0] and "team-c" in issued[0] and "role-audit" in issued[0]
+    assert "role_mismatch" in logs

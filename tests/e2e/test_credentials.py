@@ -1,0 +1,164 @@
+"""
+Through the real DNAT path, with real SDKs inside pods: each pod gets its own role and only
+that; the node's credentials and user-data stay out of reach; IMDSv2 works; IP reuse and
+early requests are handled; STS is called once per identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_ROLE_NAME, NODE_USER_DATA
+from podiam.sandbox.world import ACCOUNT, BASE_ARN, AgentProcess, World, WorldPod, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+CREDS = "/latest/meta-data/iam/security-credentials/"
+JS_PROBE = Path(__file__).parents[1] / "sdk-js" / "whoami.mjs"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def agent(world: World) -> AsyncIterator[AgentProcess]:
+    agent = await world.start_agent()
+    yield agent
+    assert await agent.stop() == 0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pods(world: World, agent: AgentProcess) -> dict[str, WorldPod]:
+    return {
+        "a": await world.add_pod("reader-app", "team-a", role="role-a"),
+        "b": await world.add_pod("writer-app", "team-b", role="role-b"),
+        "plain": await world.add_pod("no-annotation", "team-a"),
+    }
+
+
+def assumed(role: str, pod: WorldPod) -> str:
+    return f"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{pod.namespace}.{pod.name}"
+
+
+async def js_caller_arn(pod: WorldPod) -> str:
+    result = await pod.run(["node", str(JS_PROBE)])
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["Arn"])
+
+
+async def test_boto3_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) -> None:
+    arn_a, arn_b = await asyncio.gather(pods["a"].boto3_caller_arn(), pods["b"].boto3_caller_arn())
+    assert arn_a == assumed("role-a", pods["a"])
+    assert arn_b == assumed("role-b", pods["b"])
+
+
+async def test_aws_cli_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) -> None:
+    assert await pods["a"].cli_caller_arn() == assumed("role-a", pods["a"])
+    assert await pods["b"].cli_caller_arn() == assumed("role-b", pods["b"])
+
+
+async def test_js_sdk_v3_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) -> None:
+    assert await js_caller_arn(pods["a"]) == assumed("role-a", pods["a"])
+    assert await js_caller_arn(pods["b"]) == assumed("role-b", pods["b"])
+
+
+async def test_the_credentials_document_has_imds_format_and_long_validity(pods: dict[str, WorldPod]) -> None:
+    listing = await pods["a"].http("GET", CREDS)
+    assert (listing.status, listing.body) == (200, b"role-a")
+    assert listing.headers["server"] == "EC2ws"
+    resp = await pods["a"].http("GET", CREDS + "role-a")
+    assert resp.status == 200
+    doc = resp.json()
+    assert set(doc) == {"Code", "LastUpdated", "Type", "AccessKeyId", "SecretAccessKey", "Token", "Expiration"}
+    assert (doc["Code"], doc["Type"]) == ("Success", "AWS-HMAC")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["Expiration"])
+    # Served with more than 25 minutes left, so no SDK refreshes on every call.
+    expiration = dt.datetime.strptime(doc["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    assert expiration - dt.datetime.now(dt.UTC) > dt.timedelta(minutes=25)
+
+
+async def test_asking_for_another_roles_path_is_403(pods: dict[str, WorldPod]) -> None:
+    resp = await pods["a"].http("GET", CREDS + "role-b")
+    assert resp.status == 403
+    assert b"role-b" in resp.body
+    assert b"role-a" in resp.body
+
+
+async def test_an_unannotated_pod_without_default_role_is_404(pods: dict[str, WorldPod]) -> None:
+    resp = await pods["plain"].http("GET", CREDS)
+    assert resp.status == 404
+    assert b"no iam.amazonaws.com/role annotation" in resp.body
+
+
+async def test_imdsv2_token_flow(pods: dict[str, WorldPod]) -> None:
+    a, b = pods["a"], pods["b"]
+    token = await a.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+    assert token.status == 200
+    assert token.headers["x-aws-ec2-metadata-token-ttl-seconds"] == "21600"
+    good = {"X-aws-ec2-metadata-token": token.body.decode()}
+    assert (await a.http("GET", CREDS + "role-a", good)).status == 200
+    # Bound to the pod that asked: another pod presenting it is refused.
+    assert (await b.http("GET", CREDS + "role-b", good)).status == 401
+    assert (await a.http("GET", CREDS + "role-a", {"X-aws-ec2-metadata-token": "forged"})).status == 401
+    for ttl in ("0", "21601", "soon"):
+        bad = await a.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": ttl})
+        assert bad.status == 400, ttl
+    assert (await a.http("PUT", "/latest/api/token")).status == 400
+    proxied = await a.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60",
+                                                         "X-Forwarded-For": "10.1.2.3"})
+    assert proxied.status == 403
+
+
+async def test_the_node_is_out_of_reach(pods: dict[str, WorldPod]) -> None:
+    a = pods["a"]
+    for path in ("/latest/user-data", "/latest/meta-data/", "/latest/meta-data/instance-id",
+                 "/latest/meta-data/iam/security-credentials/" + NODE_ROLE_NAME, "/2009-04-04/user-data"):
+        resp = await a.http("GET", path)
+        assert resp.status in (403, 404), path
+        assert NODE_ACCESS_KEY_ID.encode() not in resp.body
+        assert NODE_USER_DATA.encode() not in resp.body
+    info = await a.http("GET", "/latest/meta-data/iam/info")
+    assert info.status == 200
+    assert info.json()["InstanceProfileArn"] == f"arn:aws:iam::{ACCOUNT}:instance-profile/role-a"
+
+
+async def test_region_discovery_paths_reach_the_real_imds(pods: dict[str, WorldPod]) -> None:
+    resp = await pods["a"].http("GET", "/latest/meta-data/placement/region")
+    assert (resp.status, resp.body) == (200, b"us-east-1")
+
+
+async def test_sts_is_called_once_per_identity_and_never_on_a_prefetched_pods_request(
+    world: World, agent: AgentProcess
+) -> None:
+    pod = await world.add_pod("batch", "team-a", role="role-a")
+    session = f"{pod.namespace}.{pod.name}"
+
+    async def prefetched() -> bool:
+        return len(await world.sts.assume_role_calls(session_name=session)) == 1
+
+    await wait_until(prefetched, what="the prefetch AssumeRole call")
+    # 20 requests, 10 of them concurrent: all from the cache.
+    for _ in range(10):
+        assert (await pod.http("GET", CREDS + "role-a")).status == 200
+    results = await asyncio.gather(*(pod.http("GET", CREDS + "role-a") for _ in range(10)))
+    assert {r.status for r in results} == {200}
+    assert {r.json()["AccessKeyId"] for r in results} == {results[0].json()["AccessKeyId"]}
+    calls = await world.sts.assume_role_calls(session_name=session)
+    assert [(c.role_arn, c.session_name) for c in calls] == [(BASE_ARN + "role-a", session)]
+
+
+async def test_a_pod_reusing_a_deleted_pods_ip_gets_its_own_role(world: World, agent: AgentProcess) -> None:
+    old = await world.add_pod("old", "team-a", role="role-a")
+    assert await old.boto3_caller_arn() == assumed("role-a", old)
+    ip = old.ip
+    await world.delete_pod(old)
+    new = await world.add_pod("new", "team-b", role="role-b", ip=ip)
+    assert new.ip == ip
+    assert await new.boto3_caller_arn() == assumed("role-b", new)
+    listing = await new.http("GET", CREDS)
+    assert listing.body == b"role-b"
