@@ -95,7 +95,8 @@ class PodWatcher:
                 await asyncio.sleep(delay)
 
     async def _relist(self) -> str:
-        listing = self._client.list(Pod, fields=self._fields)
+        # ALL_NS: without it lightkube lists the kubeconfig's namespace only.
+        listing = self._client.list(Pod, namespace=lightkube.ALL_NS, fields=self._fields)
         pods = [pod_info(pod) async for pod in listing]
         self._index.replace(pods)
         self._metrics.pods_indexed.set(len(self._index))
@@ -108,6 +109,7 @@ class PodWatcher:
         """Apply events from ``version`` on; yields each new resourceVersion."""
         stream = self._client.watch(
             Pod,
+            namespace=lightkube.ALL_NS,
             fields=self._fields,
             resource_version=version,
             server_timeout=int(self._settings.watch_timeout),

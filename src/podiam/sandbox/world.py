@@ -28,7 +28,8 @@ from typing import Any, Self
 
 import aiohttp
 import lightkube
-from lightkube.models.core_v1 import Container, PodSpec, PodStatus
+from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.types import PatchType
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 from lightkube.resources.core_v1 import Pod as KubePod
@@ -341,8 +342,11 @@ class World:
             metadata=ObjectMeta(name=pod.name, namespace=pod.namespace, annotations=notes),
             spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=self.node_name,
                          serviceAccountName="default"),
-            status=PodStatus(phase="Running", podIP=pod.ip, podIPs=[{"ip": pod.ip}]),  # type: ignore[list-item]
         ))
+        # Like a kubelet: the API server ignores status on create; it is reported separately.
+        await self.kube.patch(KubePod.Status, pod.name, {"status": {
+            "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+        }}, namespace=pod.namespace, patch_type=PatchType.MERGE)
 
     async def patch_pod(self, pod: WorldPod, patch: dict[str, Any]) -> None:
         await self.kube.patch(KubePod, pod.name, patch, namespace=pod.namespace)
