@@ -106,6 +106,7 @@ class Agent:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._stop = asyncio.Event()
+        self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def stop(self) -> None:
@@ -131,7 +132,8 @@ class Agent:
             self._spawn("pod-watcher", PodWatcher(client, index, s.kube, self.metrics).run())
 
             def ready() -> bool:
-                return index.synced.is_set() and not self._stop.is_set()
+                # Ready means pods are served: index synced, rule (if any) in place, not stopping.
+                return self._started.is_set() and index.synced.is_set() and not self._stop.is_set()
 
             deps = ImdsDeps(index=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready)
@@ -145,6 +147,7 @@ class Agent:
                 added = await ensure_rule(rule)
                 log.info("iptables rule " + ("installed" if added else "already present"),
                          interface=rule.interface, destination=rule.destination)
+            self._started.set()
             log.info("agent started", node=s.kube.node_name, app_port=s.imds.app_port,
                      metrics_port=s.metrics.port, region=region, base_role_arn=base_arn,
                      default_role=policy.default_role_arn)
