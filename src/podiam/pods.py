@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from podiam.credentials import Identity
+from podiam.errors import IdentityError
+
 INACTIVE_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -45,3 +48,12 @@ class PodInfo:
             and not self.deleting
             and self.phase not in INACTIVE_PHASES
         )
+
+
+@dataclass(frozen=True)
+class PodEntry:
+    """An active pod and what policy decided for it: an identity, or the error to answer with."""
+
+    pod: PodInfo
+    identity: Identity | None
+    problem: IdentityError | None

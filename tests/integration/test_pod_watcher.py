@@ -17,9 +17,10 @@ import pytest_asyncio
 
 from podiam.errors import PodNotFound
 from podiam.kube.connection import make_client
-from podiam.kube.pod_index import PodEntry, PodIndex
+from podiam.kube.pod_index import PodIndex
 from podiam.kube.pod_watcher import PodWatcher
 from podiam.observability.metrics import Metrics
+from podiam.pods import PodEntry
 from podiam.policy import RolePolicy
 from podiam.sandbox.kubeapi import run_kubeapi
 from podiam.sandbox.kubeapi_emulator import KubeApiEmulator

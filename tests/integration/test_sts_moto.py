@@ -17,13 +17,13 @@ import pytest
 import pytest_asyncio
 from aiobotocore.session import get_session
 
+from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.sandbox.sts import ACCOUNT_ID, AssumeRoleCall, MotoSts
 from podiam.settings import StsSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
-from podiam.sts.credentials import Credentials, Identity
 
 REGION = "us-east-1"
 ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/app"

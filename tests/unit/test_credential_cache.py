@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from podiam.credentials import Credentials, Identity
 from podiam.errors import ConfigError, CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
@@ -30,7 +31,6 @@ from podiam.sts.cache import (
     backoff_delay,
     refresh_time,
 )
-from podiam.sts.credentials import Credentials, Identity
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 SETTINGS = StsSettings()  # 3600 s sessions, refreshed 1800 s before expiry
@@ -131,7 +131,7 @@ class FakeAssumer:
 async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
     """Let the loop run until ``predicate`` holds; fail after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - state has no event; this yields, no time passes
+        while not predicate():
             await asyncio.sleep(0)
 
 

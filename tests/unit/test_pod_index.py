@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from podiam.errors import InvalidRoleError, PodAmbiguous, PodNotFound
-from podiam.kube.pod_index import PodEntry, PodIndex
-from podiam.pods import PodInfo
+from podiam.kube.pod_index import PodIndex
+from podiam.pods import PodEntry, PodInfo
 from podiam.policy import RolePolicy
 from podiam.settings import RoleSettings
 
@@ -130,7 +130,7 @@ async def test_a_waiting_request_gets_a_pod_indexed_during_the_wait() -> None:
     index, _ = make_index()
     waiting = asyncio.create_task(index.wait_for("10.0.0.5", timeout=5.0))
     async with asyncio.timeout(5):
-        while not index._waiters:  # noqa: ASYNC110 - yield until the request is parked, then add the pod
+        while not index._waiters:
             await asyncio.sleep(0)
     index.upsert(pod("late"))
     async with asyncio.timeout(5):

@@ -22,6 +22,7 @@ from typing import Protocol
 import structlog
 from aiohttp import web
 
+from podiam.credentials import IMDS_TIME_FORMAT, Credentials, Identity
 from podiam.errors import (
     CredentialsError,
     HostNetworkCaller,
@@ -39,11 +40,10 @@ from podiam.errors import (
 from podiam.imds.routes import Match, Route, classify
 from podiam.imds.tokens import TokenIssuer, parse_ttl
 from podiam.imds.upstream import NodeMetadataClient
-from podiam.kube.pod_index import PodEntry, PodIndex
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
+from podiam.pods import PodEntry
 from podiam.settings import ImdsSettings
-from podiam.sts.credentials import IMDS_TIME_FORMAT, Credentials, Identity
 
 log = structlog.stdlib.get_logger(__name__)
 request_log = logging.getLogger("podiam.imds.requests")
@@ -69,6 +69,12 @@ _STATUS_BY_ERROR: tuple[tuple[type[PodiamError], int, str], ...] = (
 )
 
 
+class PodLookup(Protocol):
+    """Which pod an IP is: the pod index (kube/), or any other source of pods."""
+
+    async def wait_for(self, ip: str, timeout: float) -> PodEntry: ...
+
+
 class CredentialSource(Protocol):
     """Where credentials come from: the local STS cache, or (split mode) a podiam server."""
 
@@ -77,7 +83,7 @@ class CredentialSource(Protocol):
 
 @dataclass(frozen=True)
 class ImdsDeps:
-    index: PodIndex
+    pods: PodLookup
     credentials: CredentialSource
     tokens: TokenIssuer
     issuance: IssuanceLog
@@ -150,9 +156,11 @@ class ImdsHandler:
         if request.method not in ("GET", "HEAD"):
             raise _Refusal(405, "method", f"method {request.method} is not allowed on {request.path}")
         self._check_token(request, ip)
+        # Even allow-listed paths are for this node's pods only: nothing else that can reach
+        # the port (another host, the node itself) learns anything about the node.
+        entry = await self._pod(ip)
         if route is Route.OTHER:
             return await self._proxy(request)
-        entry = await self._pod(ip)
         identity = self._identity(entry)
         if route is Route.ROLE_LIST:
             return _text(200, identity.role_name)
@@ -196,7 +204,7 @@ class ImdsHandler:
 
     async def _pod(self, ip: str) -> PodEntry:
         try:
-            return await self._d.index.wait_for(ip, self._d.settings.pod_wait)
+            return await self._d.pods.wait_for(ip, self._d.settings.pod_wait)
         except IdentityError as e:
             raise self._refuse(e) from None
 
@@ -222,7 +230,7 @@ class ImdsHandler:
             resp = await upstream.get(path)
         except NodeMetadataError as e:
             raise self._refuse(e, warn=True) from None
-        return _text(resp.status, resp.body)
+        return _text(resp.status, resp.body, {"Content-Type": resp.content_type})
 
 
 def make_app(deps: ImdsDeps) -> web.Application:

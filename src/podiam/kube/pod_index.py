@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
+from podiam.credentials import Identity
 from podiam.errors import IdentityError, PodAmbiguous, PodNotFound
-from podiam.pods import PodInfo
-from podiam.sts.credentials import Identity
-
-
-@dataclass(frozen=True)
-class PodEntry:
-    """An active pod and what policy decided for it: an identity, or the error to answer with."""
-
-    pod: PodInfo
-    identity: Identity | None
-    problem: IdentityError | None
+from podiam.pods import PodEntry, PodInfo
 
 
 class IndexListener(Protocol):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import structlog
 
+from podiam.credentials import Credentials, Identity
 from podiam.pods import PodInfo
-from podiam.sts.credentials import Credentials, Identity
 
 log = structlog.stdlib.get_logger("podiam.audit")
 

@@ -32,10 +32,10 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from podiam import __version__
+from podiam.credentials import Credentials, Identity
 from podiam.errors import CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
-from podiam.sts.credentials import Credentials, Identity
 
 CONNECT_TIMEOUT = 1.0
 """Seconds for one TCP/TLS connect to STS: a healthy endpoint connects in milliseconds,

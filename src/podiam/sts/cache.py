@@ -37,17 +37,14 @@ from typing import Protocol, Self
 
 import structlog
 
+from podiam.credentials import EXPIRY_MARGIN, Credentials, Identity
 from podiam.errors import ConfigError, CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
 from podiam.sts.assumer import Assumer, error_code
-from podiam.sts.credentials import Credentials, Identity
 
 log = structlog.stdlib.get_logger(__name__)
 
-EXPIRY_MARGIN = 60.0
-"""Seconds: credentials with this little validity left are never answered. An SDK needs
-time to use them, and clocks of node and AWS differ by a little."""
 
 REFRESH_JITTER = 0.1
 """Background refreshes start up to this fraction of session_refresh early, at random:
