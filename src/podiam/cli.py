@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from podiam import __version__
+from podiam.credentials import EXPIRY_MARGIN
 from podiam.errors import ConfigError, PodiamError
 from podiam.observability import logging as podiam_logging
 from podiam.settings import (
@@ -103,8 +104,8 @@ def main() -> None:
 
 
 @main.command()
-@_opt("kubeconfig", type=click.Path(dir_okay=False), default=None, env_extra=("KUBECONFIG",),
-      help="kubeconfig for API access [default: in-cluster config, else KUBECONFIG / ~/.kube/config]")
+@_opt("kubeconfig", type=click.Path(dir_okay=False), default=None,
+      help="kubeconfig for API access [default: in-cluster config, else $KUBECONFIG, else ~/.kube/config]")
 @_opt("node", type=str, default=None, env_extra=("NODE_NAME",), show_default=False,
       help="Name of this node; only pods bound to it are watched and served. Required.")
 @_opt("app-port", "--port", type=click.IntRange(1, 65535), default=8181,
@@ -148,7 +149,7 @@ def main() -> None:
 @_opt("shutdown-grace", type=DURATION, default="5s", help="Time in-flight requests get to finish at shutdown.")
 @_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
 @_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-      default="info", help="Log level; per-request lines appear at debug only.")
+      default="info", help="Log level. Served requests are logged at debug only; issuances and refusals at info.")
 def agent(**flags: Any) -> None:
     """Serve pods on this node their own IAM role's credentials (kube2iam's architecture)."""
     try:
@@ -172,8 +173,11 @@ def agent_settings(flags: dict[str, Any], environ: dict[str, str] | Any) -> Agen
     """Settings from parsed flags; ``environ`` only for the AWS region, which botocore reads alone otherwise."""
     if not flags["node"]:
         raise ConfigError("--node (or NODE_NAME) is required: the agent serves the pods of one node")
-    if flags["session_refresh"] >= flags["session_duration"]:
-        raise ConfigError("--session-refresh must be shorter than --session-duration")
+    if flags["session_refresh"] + EXPIRY_MARGIN >= flags["session_duration"]:
+        raise ConfigError(
+            f"--session-refresh must be shorter than --session-duration by more than {EXPIRY_MARGIN:g}s,"
+            " or fresh credentials would be due for refresh at once"
+        )
     if flags["session_duration"] < 900 or flags["session_duration"] > 43200:
         raise ConfigError("--session-duration must be between 15m and 12h (STS limits)")
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None

@@ -6,9 +6,11 @@ Start: node discovery (region, base ARN) -> STS client and cache -> pod index, f
 pod watcher -> the metadata and operator endpoints -> the iptables rule, last, so the rule
 never sends a pod to a port nobody listens on.
 
-Stop (SIGTERM/SIGINT only set a flag): not ready -> the metadata endpoint stops accepting
-and in-flight requests finish (up to --shutdown-grace) -> the iptables rule is removed ->
-root tasks are cancelled, and any that will not stop is named -> clients are closed.
+Stop (SIGTERM/SIGINT only set a flag, from the first moment of start-up): not ready -> the
+metadata endpoint stops accepting and in-flight requests finish (up to --shutdown-grace)
+-> the iptables rule is removed -> root tasks are cancelled, and any that will not stop is
+named -> clients are closed. A root task that ends on its own stops the agent, which then
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from podiam.imds.ops_app import make_ops_app
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
 from podiam.kube.connection import make_client
-from podiam.kube.pod_index import PodEntry, PodIndex
+from podiam.kube.pod_index import PodIndex
 from podiam.kube.pod_watcher import PodWatcher
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
+from podiam.pods import PodEntry
 from podiam.policy import RolePolicy
 from podiam.settings import AgentSettings
 from podiam.sts.assumer import StsAssumer
@@ -44,11 +47,12 @@ TASK_STOP_TIMEOUT = 5.0
 """Seconds a cancelled root task gets to finish before it is reported as stuck."""
 
 
-class PrefetchOnBind:
-    """Pod index listener: credentials are fetched when a pod is bound, not when it asks.
+class PrefetchWhenIndexed:
+    """Pod index listener: credentials are fetched when a pod enters the index (it is bound
+    to this node and has its IP), not when it first asks.
 
-    A pod seen before its first request therefore never waits for STS; when the last pod
-    of an identity goes, its credentials stop being refreshed.
+    The IP is set before the pod's containers start, so a pod's first request finds its
+    credentials cached; when the last pod of an identity goes, they stop being refreshed.
     """
 
     def __init__(self, cache: CredentialCache, index: PodIndex, issuance: IssuanceLog) -> None:
@@ -108,11 +112,26 @@ class Agent:
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._failure: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        """Start, serve until stopped, stop in stages. Raises PodiamError if a root task failed."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:  # from the first moment: a signal during start-up still stops cleanly
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._run()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        if self._failure is not None:
+            raise PodiamError(f"stopped because {self._failure}")
+
+    async def _run(self) -> None:
         s = self.settings
         rule = DnatRule.from_settings(s.node, s.imds.app_port) if s.node.iptables else None
         async with contextlib.AsyncExitStack() as stack:
@@ -125,17 +144,18 @@ class Agent:
             cache = await stack.enter_async_context(CredentialCache(assumer, s.sts, self.metrics))
             issuance = IssuanceLog(s.kube.node_name)
             index = PodIndex(policy.identity)
-            index.subscribe(PrefetchOnBind(cache, index, issuance))
+            index.subscribe(PrefetchWhenIndexed(cache, index, issuance))
             client = make_client(s.kube)
             stack.push_async_callback(client.close)
-
+            # Registered before any task exists: a failure later in start-up still stops them.
+            stack.push_async_callback(self._stop_tasks)
             self._spawn("pod-watcher", PodWatcher(client, index, s.kube, self.metrics).run())
 
             def ready() -> bool:
                 # Ready means pods are served: index synced, rule (if any) in place, not stopping.
                 return self._started.is_set() and index.synced.is_set() and not self._stop.is_set()
 
-            deps = ImdsDeps(index=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
+            deps = ImdsDeps(pods=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready)
             imds_site = await _start_site(make_app(deps), s.imds.bind_address, s.imds.app_port,
                                           s.imds.shutdown_grace)
@@ -149,10 +169,11 @@ class Agent:
                          interface=rule.interface, destination=rule.destination)
             self._started.set()
             log.info("agent started", node=s.kube.node_name, app_port=s.imds.app_port,
-                     metrics_port=s.metrics.port, region=region, base_role_arn=base_arn,
-                     default_role=policy.default_role_arn)
+                     metrics_port=s.metrics.port, region=region, sts_endpoint=assumer.endpoint_url,
+                     base_role_arn=base_arn, default_role=policy.default_role_arn)
             try:
-                await self._serve()
+                await self._stop.wait()
+                log.info("stopping")
             finally:
                 await self._shutdown(imds_site, rule)
 
@@ -164,21 +185,10 @@ class Agent:
     def _root_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled():
             error = task.exception()
+            self._failure = f"root task {task.get_name()} ended: {error!r}"
             log.error("root task ended unexpectedly; stopping the agent", task=task.get_name(),
                       error=repr(error) if error else None)
         self._stop.set()
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for sig in signals:
-            loop.add_signal_handler(sig, self._stop.set)
-        try:
-            await self._stop.wait()
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-        log.info("stopping")
 
     async def _shutdown(self, imds_site: web.AppRunner, rule: DnatRule | None) -> None:
         self._stop.set()
@@ -189,10 +199,15 @@ class Agent:
                 log.info("iptables rule removed", copies=removed)
             except PodiamError as e:
                 log.error("could not remove the iptables rule; remove it by hand", error=str(e))  # noqa: TRY400
-        for task in self._tasks:
-            task.cancel()
-        _, pending = await asyncio.wait(self._tasks, timeout=TASK_STOP_TIMEOUT) if self._tasks else (set(), set())
-        for task in pending:
-            log.error("root task did not stop", task=task.get_name())
-        self._tasks.clear()
+        await self._stop_tasks()
         log.info("stopped")
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the root tasks and wait for them; name any that will not stop."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT)
+            for task in pending:
+                log.error("root task did not stop", task=task.get_name())

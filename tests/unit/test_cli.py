@@ -59,6 +59,7 @@ def test_missing_node_is_a_usage_error() -> None:
     (["--allow-route-regexp", "("], "not a valid regular expression"),
     (["--app-port", "70000"], "70000"),
     (["--session-refresh", "2h"], "--session-refresh must be shorter"),
+    (["--session-duration", "15m", "--session-refresh", "14m30s"], "by more than 60s"),
     (["--session-duration", "5m", "--session-refresh", "1m"], "between 15m and 12h"),
     (["--log-format", "xml"], "xml"),
 ])
