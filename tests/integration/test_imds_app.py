@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.imds.app import ImdsDeps, make_app
 from podiam.imds.tokens import TokenIssuer
@@ -28,7 +29,6 @@ from podiam.pods import PodInfo
 from podiam.policy import RolePolicy
 from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_USER_DATA, FakeNodeImds
 from podiam.settings import ImdsSettings, RoleSettings
-from podiam.sts.credentials import Credentials, Identity
 
 BASE = "arn:aws:iam::123456789012:role/"
 CREDS = "/latest/meta-data/iam/security-credentials/"
@@ -76,7 +76,7 @@ async def endpoint(node_imds: FakeNodeImds, **settings: object) -> AsyncIterator
     index.replace([])
     creds, metrics = FakeCredentials(), Metrics()
     async with NodeMetadataClient(f"{node_imds.host}:{node_imds.port}", 1.0) as upstream:
-        deps = ImdsDeps(index=index, credentials=creds, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
+        deps = ImdsDeps(pods=index, credentials=creds, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                         metrics=metrics, settings=ImdsSettings(pod_wait=0.05, **settings),  # type: ignore[arg-type]
                         upstream=upstream, ready=index.synced.is_set)
         async with TestClient(TestServer(make_app(deps), host=IP)) as client:
@@ -175,6 +175,7 @@ async def test_iam_info_is_the_pods_never_the_nodes(ep: Endpoint, node_imds: Fak
 
 
 async def test_only_allow_listed_paths_reach_the_node(ep: Endpoint, node_imds: FakeNodeImds) -> None:
+    ep.index.upsert(pod())
     assert await get(ep, "/latest/meta-data/placement/region") == (200, "us-east-1")
     for path in ("/latest/user-data", "/latest/meta-data/instance-id", "/latest/meta-data/",
                  "/latest/dynamic/instance-identity/signature"):
@@ -184,9 +185,17 @@ async def test_only_allow_listed_paths_reach_the_node(ep: Endpoint, node_imds: F
     assert [r.path for r in node_imds.requests if r.method == "GET"] == ["/latest/meta-data/placement/region"]
 
 
+async def test_callers_that_are_not_pods_of_this_node_reach_nothing(ep: Endpoint, node_imds: FakeNodeImds) -> None:
+    status, body = await get(ep, "/latest/meta-data/placement/region")
+    assert status == 404
+    assert "no pod with IP 127.0.0.1" in body
+    assert node_imds.requests == []
+
+
 async def test_the_proxy_never_forwards_a_pods_headers(ep: Endpoint, node_imds: FakeNodeImds) -> None:
+    ep.index.upsert(pod())
     await get(ep, "/latest/meta-data/placement/region", {"X-Forwarded-For": "1.2.3.4", "X-Evil": "1"})
-    forwarded = [r for r in node_imds.requests if r.method == "GET"][0]
+    forwarded = next(r for r in node_imds.requests if r.method == "GET")
     assert "X-Evil" not in forwarded.headers and "X-Forwarded-For" not in forwarded.headers
 
 
