@@ -12,10 +12,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from podiam.credentials import Identity
 from podiam.errors import ConfigError, InvalidRoleError, NoRoleError
 from podiam.pods import PodInfo
 from podiam.settings import RoleSettings
-from podiam.sts.credentials import Identity
 
 _PARTITION = r"aws(?:-[a-z]+)*"
 _ROLE_NAME = r"[\w+=,.@-]{1,64}"

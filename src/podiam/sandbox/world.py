@@ -29,10 +29,10 @@ from typing import Any, Self
 import aiohttp
 import lightkube
 from lightkube.models.core_v1 import Container, PodSpec
-from lightkube.types import PatchType
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 from lightkube.resources.core_v1 import Pod as KubePod
+from lightkube.types import PatchType
 
 from podiam.sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
 from podiam.sandbox.sts import MotoSts
