@@ -162,3 +162,18 @@ async def test_a_pod_reusing_a_deleted_pods_ip_gets_its_own_role(world: World, a
     assert await new.boto3_caller_arn() == assumed("role-b", new)
     listing = await new.http("GET", CREDS)
     assert listing.body == b"role-b"
+
+
+async def test_metrics_on_their_own_port_count_what_happened(pods: dict[str, WorldPod], agent: AgentProcess) -> None:
+    assert (await pods["a"].http("GET", CREDS + "role-a")).status == 200
+    text = await agent.metrics()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["podiam_pod_index_synced"] == 1
+    assert samples["podiam_pods_indexed"] >= 3
+    assert samples["podiam_credential_cache_hits_total"] >= 1
+    assert samples[f'podiam_sts_assume_role_calls_total{{role="{BASE_ARN}role-a"}}'] >= 1
+    assert samples['podiam_imds_request_duration_seconds_count{route="credentials",status="200"}'] >= 1
+    assert samples['podiam_imds_refusals_total{reason="role_mismatch"}'] >= 1
+    # Never on the port pods are sent to.
+    assert (await pods["a"].http("GET", "/metrics")).status == 404
