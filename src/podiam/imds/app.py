@@ -106,6 +106,10 @@ def _text(status: int, body: str | bytes, extra: dict[str, str] | None = None) -
     return web.Response(status=status, body=body.encode() if isinstance(body, str) else body, headers=headers)
 
 
+_STARTED = dt.datetime.now(dt.UTC)
+"""iam/info's LastUpdated: when this agent started, as the instance profile's association time."""
+
+
 @functools.lru_cache(maxsize=4096)
 def iam_info(role_arn: str) -> bytes:
     """iam/info for a pod: an instance profile named after the pod's role, never the node's."""
@@ -120,9 +124,6 @@ def iam_info(role_arn: str) -> bytes:
         },
         indent=2,
     ).encode()
-
-
-_STARTED = dt.datetime.now(dt.UTC)
 
 
 class ImdsHandler:
