@@ -83,6 +83,24 @@ class Metrics:
             registry=r,
         )
 
+        self.events = Counter(
+            "podiam_kube_events_total",
+            "Warning events for pods, by reason and outcome (created, updated, aggregated, failed).",
+            ["reason", "outcome"],
+            registry=r,
+        )
+        self.namespace_annotation_errors = Gauge(
+            "podiam_namespace_annotation_errors",
+            "Namespaces whose role restriction annotations cannot be parsed (they permit nothing).",
+            registry=r,
+        )
+        self.policy_denials = Counter(
+            "podiam_policy_denials_total",
+            "Pod identity decisions that refused a role, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format, for GET /metrics."""
         return generate_latest(self.registry)
