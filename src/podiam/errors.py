@@ -11,6 +11,7 @@ commands) are mapped onto it at the module that talks to the dependency, with
     │   ├── HostNetworkCaller       the caller is the node itself or a hostNetwork pod
     │   ├── NoRoleError             the pod has no role annotation and there is no default role
     │   ├── InvalidRoleError        the annotation is not a valid role name or ARN
+    │   ├── RoleForbidden           the pod's namespace does not permit its role
     │   └── RoleMismatch            the pod asked for a role other than its own
     ├── CredentialsError            STS did not give credentials
     │   ├── StsCallFailed           STS answered with an error (code kept: AccessDenied, ...)
@@ -56,6 +57,10 @@ class NoRoleError(IdentityError):
 
 class InvalidRoleError(IdentityError):
     """The pod's role annotation is not a valid IAM role name or ARN."""
+
+
+class RoleForbidden(IdentityError):
+    """Namespace restrictions do not permit the pod's role (or cannot be read: fail closed)."""
 
 
 class RoleMismatch(IdentityError):

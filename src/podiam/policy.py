@@ -1,6 +1,6 @@
 """
 From a pod to the AssumeRole call made for it: role annotation -> role ARN, the default
-role, the ExternalId, and the STS session name.
+role, namespace restrictions, the ExternalId, STS session name and tags.
 
 Everything here is pure and synchronous: it runs once per pod event, never per request,
 and its answer (an Identity, or the IdentityError to answer with) is kept in the pod index.
@@ -9,13 +9,15 @@ and its answer (an Identity, or the IdentityError to answer with) is kept in the
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from podiam.credentials import Identity
-from podiam.errors import ConfigError, InvalidRoleError, NoRoleError
+from podiam.errors import ConfigError, InvalidRoleError, NoRoleError, RoleForbidden
 from podiam.pods import PodInfo
-from podiam.settings import RoleSettings
+from podiam.settings import RestrictionSettings, RoleSettings
 
 _PARTITION = r"aws(?:-[a-z]+)*"
 _ROLE_NAME = r"[\w+=,.@-]{1,64}"
@@ -84,49 +86,176 @@ def session_name(namespace: str, pod: str) -> str:
     return f"{safe[: SESSION_NAME_MAX - _SESSION_HASH_LEN - 1]}-{digest}"
 
 
+def glob_pattern(glob: str) -> re.Pattern[str]:
+    """kube2iam's glob (ryanuber/go-glob): ``*`` matches any run of characters, ``/`` included;
+    nothing else is special; the whole ARN must match."""
+    return re.compile(r"\A(?:" + ".*".join(re.escape(part) for part in glob.split("*")) + r")\Z", re.DOTALL)
+
+
+def _normalise_entry(entry: str, base_arn: str | None) -> str:
+    """A kube2iam list entry as the ARN (pattern) it names: base ARN + name unless it is an ARN."""
+    entry = entry.strip()
+    if entry.startswith("arn:") or base_arn is None:
+        return entry
+    return base_arn + entry.lstrip("/")
+
+
+@dataclass(frozen=True)
+class NamespaceRules:
+    """What one namespace permits, parsed once per namespace event.
+
+    kube2iam's list and kiam's regexp each keep their own project's semantics, so migrated
+    namespaces behave as before; a role is permitted when either annotation permits it. A
+    malformed annotation fails closed: the namespace then permits nothing at all, and says why.
+    """
+
+    name: str
+    allowed: tuple[tuple[str, re.Pattern[str]], ...] | None = None
+    """kube2iam's entries (as written, compiled); None when the annotation is absent."""
+    permitted: re.Pattern[str] | None = None
+    """kiam's regexp; None when the annotation is absent."""
+    problem: str | None = None
+    """Why an annotation could not be used; set means nothing is permitted."""
+
+    def check(self, role_arn: str) -> str:
+        """Why ``role_arn`` is permitted (a sentence); raises RoleForbidden otherwise."""
+        if self.problem is not None:
+            raise RoleForbidden(f"namespace {self.name} permits no role: {self.problem}")
+        for written, pattern in self.allowed or ():
+            if pattern.search(role_arn):  # globs are anchored at both ends; kube2iam regexps are not
+                return f"namespace {self.name} allows {written!r}"
+        if self.permitted is not None and self.permitted.fullmatch(role_arn):
+            return f"namespace {self.name} permits /{self.permitted.pattern}/"
+        if self.allowed is None and self.permitted is None:
+            raise RoleForbidden(f"namespace {self.name} has no role annotation, so it permits no role")
+        raise RoleForbidden(f"namespace {self.name} does not permit role {role_arn}")
+
+
+def _string_list(text: str) -> list[str]:
+    entries = json.loads(text)
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ValueError("not a JSON list of strings")
+    return entries
+
+
+def parse_namespace_rules(
+    name: str, annotations: Mapping[str, str], settings: RestrictionSettings, base_arn: str | None
+) -> NamespaceRules:
+    """The rules of namespace ``name`` from its annotations; never raises."""
+    problems: list[str] = []
+    allowed: tuple[tuple[str, re.Pattern[str]], ...] | None = None
+    permitted: re.Pattern[str] | None = None
+    raw_list = annotations.get(settings.namespace_key)
+    if raw_list is not None:
+        try:
+            entries = _string_list(raw_list)
+            compiled = []
+            for entry in entries:
+                arn = _normalise_entry(entry, base_arn)
+                compiled.append((entry, glob_pattern(arn) if settings.format == "glob" else re.compile(arn)))
+            allowed = tuple(compiled)
+        except (ValueError, re.error) as e:
+            problems.append(f"annotation {settings.namespace_key} is malformed ({e}): {raw_list[:200]!r}")
+    raw_regexp = annotations.get(settings.permitted_key)
+    if raw_regexp is not None:
+        try:
+            permitted = re.compile(raw_regexp)
+        except re.error as e:
+            problems.append(f"annotation {settings.permitted_key} is not a valid regular expression ({e})")
+    return NamespaceRules(name, allowed, permitted, "; ".join(problems) or None)
+
+
 @dataclass(frozen=True)
 class RolePolicy:
-    """Decides the identity of a pod from its annotations and the agent's role settings."""
+    """Decides the identity of a pod from its annotations, its namespace and the agent's settings."""
 
     role_key: str
     external_id_key: str
     base_arn: str | None
     default_role_arn: str | None
+    host_network_role_arn: str | None = None
+    restrictions: RestrictionSettings = field(default_factory=RestrictionSettings)
+    session_tags: bool = False
 
     @classmethod
-    def from_settings(cls, settings: RoleSettings, base_arn: str | None) -> RolePolicy:
+    def from_settings(
+        cls, settings: RoleSettings, base_arn: str | None, restrictions: RestrictionSettings | None = None
+    ) -> RolePolicy:
         """Build the policy; ``base_arn`` is the configured or discovered one. Raises ConfigError."""
         base = normalise_base_arn(base_arn) if base_arn else None
-        default = None
-        if settings.default_role:
+
+        def role(flag: str, value: str | None) -> str | None:
             try:
-                default = resolve_role(settings.default_role, base)
+                return resolve_role(value, base) if value else None
             except InvalidRoleError as e:
-                raise ConfigError(f"--default-role: {e}") from e
-        return cls(settings.role_key, settings.external_id_key, base, default)
+                raise ConfigError(f"{flag}: {e}") from e
+
+        return cls(settings.role_key, settings.external_id_key, base,
+                   role("--default-role", settings.default_role),
+                   role("--host-network-role", settings.host_network_role),
+                   restrictions or RestrictionSettings(), settings.session_tags)
+
+    def parse_namespace(self, name: str, annotations: Mapping[str, str]) -> NamespaceRules:
+        return parse_namespace_rules(name, annotations, self.restrictions, self.base_arn)
 
     def role_arn(self, pod: PodInfo) -> str:
         """The role ARN for ``pod``; NoRoleError or InvalidRoleError otherwise."""
+        return self._role(pod)[0]
+
+    def _role(self, pod: PodInfo) -> tuple[str, bool]:
+        """The role ARN and whether it is the default role."""
         value = pod.annotations.get(self.role_key)
         if value is None or not value.strip():
             if self.default_role_arn is None:
                 raise NoRoleError(
                     f"pod {pod.ref} has no {self.role_key} annotation and the agent has no default role"
                 )
-            return self.default_role_arn
+            return self.default_role_arn, True
         try:
-            return resolve_role(value, self.base_arn)
+            return resolve_role(value, self.base_arn), False
         except InvalidRoleError as e:
             raise InvalidRoleError(f"pod {pod.ref}: annotation {self.role_key}: {e}") from None
 
-    def identity(self, pod: PodInfo) -> Identity:
-        """The AssumeRole call for ``pod``; raises the IdentityError to answer it with."""
-        arn = self.role_arn(pod)
+    def explain(self, pod: PodInfo, namespace: NamespaceRules | None) -> tuple[Identity, list[str]]:
+        """The identity for ``pod`` and the checks that passed, one sentence each; raises the
+        IdentityError to answer with. ``namespace`` is needed when restrictions are on."""
+        passed: list[str] = []
+        arn, is_default = self._role(pod)
+        passed.append(f"role {arn}" + (" (the default role: no annotation)" if is_default
+                                       else f" from annotation {self.role_key}"))
+        if not self.restrictions.enabled:
+            passed.append("namespace restrictions are off")
+        elif is_default and self.restrictions.default_role_bypasses:
+            passed.append("the default role bypasses namespace restrictions (--default-role-bypasses-restrictions)")
+        elif namespace is None:
+            raise RoleForbidden(f"namespace {pod.namespace} of pod {pod.ref} is not known to the agent")
+        else:
+            try:
+                passed.append(namespace.check(arn))
+            except RoleForbidden as e:
+                raise RoleForbidden(f"pod {pod.ref}: {e}") from None
         external_id = pod.annotations.get(self.external_id_key)
         if external_id is not None and not EXTERNAL_ID_RE.fullmatch(external_id):
             raise InvalidRoleError(
                 f"pod {pod.ref}: annotation {self.external_id_key} is not a valid STS ExternalId "
                 "(2 to 1224 characters of letters, digits and +=,.@:/-)"
             )
-        return Identity(role_arn=arn, session_name=session_name(pod.namespace, pod.name),
-                        external_id=external_id)
+        tags: tuple[tuple[str, str], ...] = ()
+        if self.session_tags:
+            tags = tuple((k, v) for k, v in (
+                ("kubernetes-namespace", pod.namespace), ("kubernetes-pod-name", pod.name),
+                ("kubernetes-pod-uid", pod.uid), ("kubernetes-service-account", pod.service_account),
+            ) if v)
+        identity = Identity(role_arn=arn, session_name=session_name(pod.namespace, pod.name),
+                            external_id=external_id, session_tags=tags)
+        return identity, passed
+
+    def identity(self, pod: PodInfo, namespace: NamespaceRules | None = None) -> Identity:
+        """The AssumeRole call for ``pod``; raises the IdentityError to answer it with."""
+        return self.explain(pod, namespace)[0]
+
+    def host_identity(self, node: str) -> Identity | None:
+        """The identity served to the node's own network (hostNetwork pods), if configured."""
+        if self.host_network_role_arn is None:
+            return None
+        return Identity(self.host_network_role_arn, session_name("hostnetwork", node))

@@ -59,6 +59,34 @@ class RoleSettings:
     external_id_key: str = "iam.amazonaws.com/external-id"
     """Pod annotation holding the STS ExternalId (kube2iam's key)."""
 
+    session_tags: bool = False
+    """Tag STS sessions with kubernetes-namespace, -pod-name, -pod-uid and -service-account
+    (the names EKS Pod Identity uses), so IAM policies can use them (ABAC)."""
+
+    host_network_role: str | None = None
+    """Role (name or ARN) for callers on the node's own network (hostNetwork pods, the node
+    itself); None refuses them. No namespace applies: they cannot be told apart."""
+
+
+@dataclass(frozen=True)
+class RestrictionSettings:
+    enabled: bool = False
+    """Namespace restrictions: a pod may assume a role only if its namespace permits it.
+    Off by default, as in kube2iam; recommended on in any shared cluster."""
+
+    namespace_key: str = "iam.amazonaws.com/allowed-roles"
+    """kube2iam's namespace annotation: a JSON list of role names, ARNs or patterns."""
+
+    format: str = "glob"
+    """How kube2iam list entries match the role ARN: ``glob`` (``*`` only) or ``regexp``
+    (unanchored, as kube2iam). kiam's annotation is always an anchored regexp."""
+
+    permitted_key: str = "iam.amazonaws.com/permitted"
+    """kiam's namespace annotation: a regular expression over the whole role ARN."""
+
+    default_role_bypasses: bool = False
+    """Serve the default role whatever the namespace permits (kube2iam's behaviour)."""
+
 
 @dataclass(frozen=True)
 class StsSettings:
@@ -115,6 +143,10 @@ class ImdsSettings:
     require_imdsv2: bool = False
     """Refuse token-less metadata requests with 401, as an instance requiring IMDSv2 does."""
 
+    pod_rate_limit: float = 100.0
+    """Requests per second one pod IP may make (token bucket, burst twice that); 0 disables.
+    Generous for SDKs, which ask a few times per refresh; a tight loop gets 429."""
+
     pod_wait: float = 0.8
     """Seconds a request from an unknown IP waits for the pod index to learn the pod.
 
@@ -147,6 +179,9 @@ class NodeSettings:
     iptables: bool = False
     """Install the DNAT rule at start (idempotent) and remove it at shutdown."""
 
+    pod_events: bool = True
+    """Record Warning events on pods that are refused or fail (needs create/patch on events)."""
+
 
 @dataclass(frozen=True)
 class LogSettings:
@@ -156,11 +191,18 @@ class LogSettings:
     level: str = "info"
     """debug, info, warning or error. Per-request lines appear at debug only."""
 
+    audit_log: str | None = None
+    """Where issuance records go: a file path (JSON lines, appended), ``-`` for stdout, or
+    None for the normal log stream."""
+
 
 @dataclass(frozen=True)
 class MetricsSettings:
     port: int = 9181
     """Port of /metrics, /healthz and /readyz; never the app port pods can reach."""
+
+    debug: bool = False
+    """Serve /debug/pods (the pod index and cache state, no secrets) on this port."""
 
     bind_address: str = "0.0.0.0"  # noqa: S104 - scraped from other nodes
     """Address the metrics endpoint listens on."""
@@ -170,8 +212,23 @@ class MetricsSettings:
 class AgentSettings:
     kube: KubeSettings
     roles: RoleSettings = field(default_factory=RoleSettings)
+    restrictions: RestrictionSettings = field(default_factory=RestrictionSettings)
     sts: StsSettings = field(default_factory=StsSettings)
     imds: ImdsSettings = field(default_factory=ImdsSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """`podiam explain`: the agent's policy settings, and where to look."""
+
+    kube: KubeSettings
+    roles: RoleSettings = field(default_factory=RoleSettings)
+    restrictions: RestrictionSettings = field(default_factory=RestrictionSettings)
+    sts: StsSettings = field(default_factory=StsSettings)
+    metadata_addr: str = "169.254.169.254"
+    """The node's IMDS, for --auto-discover-base-arn only."""
+    region: str | None = None
+    """For --assume; from AWS_REGION / AWS_DEFAULT_REGION."""

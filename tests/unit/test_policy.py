@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podiam.errors import ConfigError, InvalidRoleError, NoRoleError
+from podiam.errors import ConfigError, InvalidRoleError, NoRoleError, RoleForbidden
 from podiam.pods import PodInfo
 from podiam.policy import (
     ROLE_ARN_RE,
     SESSION_NAME_MAX,
+    NamespaceRules,
     RolePolicy,
     normalise_base_arn,
+    parse_namespace_rules,
     resolve_role,
     session_name,
 )
-from podiam.settings import RoleSettings
+from podiam.settings import RestrictionSettings, RoleSettings
 
 BASE = "arn:aws:iam::123456789012:role/"
 role_names = st.from_regex(r"[A-Za-z0-9+=,.@_-]{1,64}", fullmatch=True)
@@ -148,3 +151,143 @@ def test_a_bad_external_id_is_refused() -> None:
 def test_a_bad_default_role_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="--default-role"):
         RolePolicy.from_settings(RoleSettings(default_role="not a role"), BASE)
+
+
+# -- namespace restrictions -----------------------------------------------------------------
+
+RESTRICT = RestrictionSettings(enabled=True)
+
+
+def rules(annotations: dict[str, str], fmt: str = "glob") -> NamespaceRules:
+    return parse_namespace_rules("shop", annotations, RestrictionSettings(enabled=True, format=fmt), BASE)
+
+
+def allowed(r: NamespaceRules, arn: str) -> bool:
+    try:
+        r.check(arn)
+    except RoleForbidden:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("entries", "role", "expected"), [
+    (["reader"], "reader", True),
+    (["reader"], "reader-2", False),                      # a name is exact, not a prefix
+    (["team-*"], "team-a", True),
+    (["team-*"], "team-a/nested", True),                  # go-glob's * crosses '/'
+    (["team-*"], "other", False),
+    ([BASE + "reader"], "reader", True),                  # full ARNs as written
+    (["arn:aws:iam::999999999999:role/x"], "x", False),   # another account's role is another ARN
+    (["*"], "anything", True),
+    ([], "reader", False),
+])
+def test_kube2iam_glob_entries_are_normalised_with_the_base_arn(entries: list[str], role: str, expected: bool) -> None:
+    assert allowed(rules({"iam.amazonaws.com/allowed-roles": json.dumps(entries)}), BASE + role) is expected
+
+
+@pytest.mark.parametrize(("entries", "role", "expected"), [
+    (["read.*"], "reader", True),
+    (["read"], "reader", True),      # kube2iam's regexps are unanchored
+    (["^x"], "reader", False),       # the base ARN comes first: ^ anchors before it
+    (["(a|b)-team"], "b-team", True),
+])
+def test_kube2iam_regexp_entries_are_unanchored(entries: list[str], role: str, expected: bool) -> None:
+    assert allowed(rules({"iam.amazonaws.com/allowed-roles": json.dumps(entries)}, "regexp"), BASE + role) is expected
+
+
+@pytest.mark.parametrize(("pattern", "role", "expected"), [
+    (".*", "anything", True),
+    (BASE + "reader", "reader", True),
+    ("reader", "reader", False),                 # anchored at both ends, over the whole ARN
+    (".*:role/team-.*", "team-a", True),
+    (".*:role/team-.*", "other", False),
+])
+def test_kiam_permitted_is_anchored_over_the_whole_arn(pattern: str, role: str, expected: bool) -> None:
+    assert allowed(rules({"iam.amazonaws.com/permitted": pattern}), BASE + role) is expected
+
+
+def test_either_annotation_may_permit() -> None:
+    r = rules({"iam.amazonaws.com/allowed-roles": '["a"]', "iam.amazonaws.com/permitted": ".*/b"})
+    assert allowed(r, BASE + "a")
+    assert allowed(r, BASE + "b")
+    assert not allowed(r, BASE + "c")
+
+
+def test_no_annotation_permits_nothing() -> None:
+    with pytest.raises(RoleForbidden, match="has no role annotation"):
+        rules({}).check(BASE + "reader")
+
+
+@pytest.mark.parametrize("annotations", [
+    {"iam.amazonaws.com/allowed-roles": "not json"},
+    {"iam.amazonaws.com/allowed-roles": '{"a": 1}'},
+    {"iam.amazonaws.com/allowed-roles": '["ok", 3]'},
+    {"iam.amazonaws.com/permitted": "(unclosed"},
+    {"iam.amazonaws.com/permitted": ".*", "iam.amazonaws.com/allowed-roles": "not json"},  # fails closed
+])
+def test_a_malformed_annotation_permits_nothing_and_says_why(annotations: dict[str, str]) -> None:
+    r = rules(annotations)
+    assert r.problem
+    with pytest.raises(RoleForbidden, match="permits no role"):
+        r.check(BASE + "anything")
+
+
+def test_a_malformed_regexp_entry_is_a_problem_not_a_crash() -> None:
+    assert rules({"iam.amazonaws.com/allowed-roles": '["(x"]'}, "regexp").problem
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_parsing_never_raises_and_malformed_never_allows(a: str, b: str) -> None:
+    r = rules({"iam.amazonaws.com/allowed-roles": a, "iam.amazonaws.com/permitted": b})
+    if r.problem:
+        assert not allowed(r, BASE + "reader")
+
+
+@given(st.lists(st.from_regex(r"[a-z*-]{1,12}", fullmatch=True), max_size=4), role_names)
+def test_glob_without_star_is_equality(entries: list[str], name: str) -> None:
+    r = rules({"iam.amazonaws.com/allowed-roles": json.dumps(entries)})
+    exact = [e for e in entries if "*" not in e]
+    if name in exact:
+        assert allowed(r, BASE + name)
+    if not any("*" in e for e in entries):
+        assert allowed(r, BASE + name) is (name in exact)
+
+
+def test_policy_applies_restrictions_and_the_default_role_rule() -> None:
+    policy = RolePolicy.from_settings(RoleSettings(default_role="fallback"), BASE, RESTRICT)
+    ns = rules({"iam.amazonaws.com/allowed-roles": '["reader"]'})
+    assert policy.identity(pod({"iam.amazonaws.com/role": "reader"}), ns).role_arn == BASE + "reader"
+    with pytest.raises(RoleForbidden, match="shop/web-1: namespace shop does not permit"):
+        policy.identity(pod({"iam.amazonaws.com/role": "admin"}), ns)
+    with pytest.raises(RoleForbidden):
+        policy.identity(pod({}), ns)  # the default role is restricted too...
+    bypass = RolePolicy.from_settings(RoleSettings(default_role="fallback"), BASE,
+                                      RestrictionSettings(enabled=True, default_role_bypasses=True))
+    assert bypass.identity(pod({}), ns).role_arn == BASE + "fallback"  # ...unless told otherwise
+    with pytest.raises(RoleForbidden, match="not known to the agent"):
+        policy.identity(pod({"iam.amazonaws.com/role": "reader"}), None)
+
+
+def test_explain_lists_the_checks_that_passed() -> None:
+    policy = RolePolicy.from_settings(RoleSettings(), BASE, RESTRICT)
+    _, passed = policy.explain(pod({"iam.amazonaws.com/role": "reader"}),
+                               rules({"iam.amazonaws.com/allowed-roles": '["read*"]'}))
+    assert passed == [f"role {BASE}reader from annotation iam.amazonaws.com/role",
+                      "namespace shop allows 'read*'"]
+
+
+def test_session_tags_name_the_pod() -> None:
+    policy = RolePolicy.from_settings(RoleSettings(session_tags=True), BASE)
+    p = PodInfo(namespace="shop", name="web-1", uid="u-1", ip="10.0.0.5", service_account="web",
+                annotations={"iam.amazonaws.com/role": "reader"})
+    assert dict(policy.identity(p).session_tags) == {
+        "kubernetes-namespace": "shop", "kubernetes-pod-name": "web-1",
+        "kubernetes-pod-uid": "u-1", "kubernetes-service-account": "web"}
+    assert RolePolicy.from_settings(RoleSettings(), BASE).identity(p).session_tags == ()
+
+
+def test_host_network_identity() -> None:
+    assert RolePolicy.from_settings(RoleSettings(), BASE).host_identity("node-1") is None
+    host = RolePolicy.from_settings(RoleSettings(host_network_role="node-agent"), BASE).host_identity("node-1")
+    assert host is not None
+    assert (host.role_arn, host.session_name) == (BASE + "node-agent", "hostnetwork.node-1")
