@@ -57,3 +57,11 @@ class PodEntry:
     pod: PodInfo
     identity: Identity | None
     problem: IdentityError | None
+
+    def same_decision(self, other: PodEntry) -> bool:
+        """Whether policy decided the same for both (exceptions only compare by identity)."""
+        return self.identity == other.identity and _problem_key(self.problem) == _problem_key(other.problem)
+
+
+def _problem_key(problem: IdentityError | None) -> tuple[type, str] | None:
+    return None if problem is None else (type(problem), str(problem))

@@ -18,7 +18,7 @@ import pytest_asyncio
 from podiam.errors import PodNotFound
 from podiam.kube.connection import make_client
 from podiam.kube.pod_index import PodIndex
-from podiam.kube.pod_watcher import PodWatcher
+from podiam.kube.pod_watcher import pod_watcher
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodEntry
 from podiam.policy import RolePolicy
@@ -88,7 +88,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         s = Setup(api.emulator, index, recorder, metrics)
         await s.add("before", "10.0.0.1")
         await s.add("elsewhere", "10.0.9.9", node="node-2")
-        task = asyncio.create_task(PodWatcher(client, index, settings, metrics).run(), name="pod-watcher")
+        task = asyncio.create_task(pod_watcher(client, index, settings, metrics).run(), name="pod-watcher")
         try:
             await s.until(index.synced.is_set, "the initial list")
             yield s

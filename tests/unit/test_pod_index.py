@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from podiam.errors import InvalidRoleError, PodAmbiguous, PodNotFound
+from podiam.credentials import Identity
+from podiam.errors import InvalidRoleError, PodAmbiguous, PodNotFound, RoleForbidden
 from podiam.kube.pod_index import PodIndex
 from podiam.pods import PodEntry, PodInfo
 from podiam.policy import RolePolicy
@@ -152,3 +153,38 @@ async def test_a_known_pod_is_answered_without_waiting() -> None:
     assert (await index.wait_for("10.0.0.5", timeout=0)).pod.name == "a"
     with pytest.raises(PodNotFound):
         await index.wait_for("10.0.0.6", timeout=0)
+
+
+def test_deciding_again_tells_listeners_only_what_changed() -> None:
+    verdicts = {"allowed": True}
+
+    def decide(p: PodInfo) -> Identity:
+        if not verdicts["allowed"]:
+            raise RoleForbidden("namespace ns does not permit it")
+        return POLICY.identity(p)
+
+    index = PodIndex(decide)
+    recorder = Recorder()
+    index.subscribe(recorder)
+    index.upsert(pod("a"))
+    index.decide_again("ns")  # same answer: nothing to tell
+    verdicts["allowed"] = False
+    index.decide_again("ns")
+    index.decide_again("ns")
+    assert recorder.events == [("active", "a", "reader"), ("gone", "a", "reader"), ("active", "a", None)]
+    assert isinstance(index.lookup("10.0.0.5").problem, RoleForbidden)
+    index.decide_again("other-namespace")
+    assert len(recorder.events) == 3
+
+
+def test_the_nodes_own_addresses_are_known() -> None:
+    index = PodIndex(POLICY.identity, host_ips=["192.0.2.10"])
+    assert index.is_host_ip("192.0.2.10")
+    assert index.is_host_ip("127.0.0.1")
+    assert not index.is_host_ip("10.0.0.5")
+    index.upsert(pod("daemon", ip="192.0.2.11", host_network=True))
+    assert index.is_host_ip("192.0.2.11")
+    with pytest.raises(PodNotFound):
+        index.lookup("192.0.2.11")  # never indexed as a pod
+    index.delete(pod("daemon", ip="192.0.2.11", host_network=True))
+    assert not index.is_host_ip("192.0.2.11")

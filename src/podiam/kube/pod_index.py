@@ -27,10 +27,16 @@ class IndexListener(Protocol):
 
 
 class PodIndex:
-    def __init__(self, decide: Callable[[PodInfo], Identity]) -> None:
+    def __init__(self, decide: Callable[[PodInfo], Identity], host_ips: Iterable[str] = (),
+                 *, loopback_is_host: bool = True) -> None:
         self._decide = decide
         self._by_uid: dict[str, PodEntry] = {}
         self._by_ip: dict[str, dict[str, PodEntry]] = {}
+        self._static_host_ips = frozenset(host_ips)
+        self._loopback_is_host = loopback_is_host
+        """Pod traffic arrives through DNAT with the pod's address; loopback is only ever the node."""
+        self._host_network: dict[str, str] = {}
+        """hostNetwork pod uid -> its IP, which is one of the node's own addresses."""
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listeners: list[IndexListener] = []
         self.synced = asyncio.Event()
@@ -54,34 +60,56 @@ class PodIndex:
     def replace(self, pods: Iterable[PodInfo]) -> None:
         """Make the index exactly ``pods`` (after a full list): entries not listed are gone."""
         listed = {pod.uid: pod for pod in pods}
+        self._host_network = {uid: ip for uid, ip in self._host_network.items() if uid in listed}
         for uid in [uid for uid in self._by_uid if uid not in listed]:
             self._drop(uid)
         for pod in listed.values():
             self.upsert(pod)
         self.synced.set()
 
-    def upsert(self, pod: PodInfo) -> None:
+    def upsert(self, pod: PodInfo, *, decide_again: bool = False) -> None:
         """Apply an ADDED or MODIFIED pod: index it if active, drop it if not."""
+        self._note_host_network(pod)
         if not pod.active:
             self._drop(pod.uid)
             return
         old = self._by_uid.get(pod.uid)
-        if old is not None and old.pod == pod:
+        if old is not None and old.pod == pod and not decide_again:
             return  # status-only churn (conditions, container states) changes nothing here
         entry = self._decide_entry(pod)
         if old is not None:
+            if old.pod == pod and old.same_decision(entry):
+                return  # decided again, same answer
             self._drop(pod.uid, replaced_by=entry)
         self._by_uid[pod.uid] = entry
         assert pod.ip is not None  # active pods have an IP
         self._by_ip.setdefault(pod.ip, {})[pod.uid] = entry
         self._wake(pod.ip)
-        if old is None or old.identity != entry.identity:
+        if old is None or not old.same_decision(entry):
             for listener in self._listeners:
                 listener.pod_active(entry)
 
     def delete(self, pod: PodInfo) -> None:
         """Apply a DELETED pod."""
+        self._host_network.pop(pod.uid, None)
         self._drop(pod.uid)
+
+    def decide_again(self, namespace: str) -> None:
+        """Re-run policy for the pods of ``namespace`` (its restrictions changed)."""
+        for entry in [e for e in self._by_uid.values() if e.pod.namespace == namespace]:
+            self.upsert(entry.pod, decide_again=True)
+
+    def is_host_ip(self, ip: str) -> bool:
+        """Whether ``ip`` is the node's own: configured, loopback, or a hostNetwork pod's IP."""
+        if ip in self._static_host_ips or ip in self._host_network.values():
+            return True
+        return self._loopback_is_host and (ip.startswith("127.") or ip == "::1")
+
+    def _note_host_network(self, pod: PodInfo) -> None:
+        if pod.host_network and pod.ip and not pod.deleting:
+            self._host_network[pod.uid] = pod.ip
+        else:
+            self._host_network.pop(pod.uid, None)
 
     # -- lookups, from the metadata endpoint ---------------------------------------------
 
