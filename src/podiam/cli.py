@@ -12,7 +12,7 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -24,11 +24,13 @@ from podiam.observability import logging as podiam_logging
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
     AgentSettings,
+    ExplainSettings,
     ImdsSettings,
     KubeSettings,
     LogSettings,
     MetricsSettings,
     NodeSettings,
+    RestrictionSettings,
     RoleSettings,
     StsSettings,
 )
@@ -103,9 +105,56 @@ def main() -> None:
     """podiam: per-pod AWS IAM credentials for Kubernetes, served like the EC2 metadata service."""
 
 
+_POLICY_OPTIONS = [
+    _opt("kubeconfig", type=click.Path(dir_okay=False), default=None,
+        help="kubeconfig for API access [default: in-cluster config, else $KUBECONFIG, else ~/.kube/config]"),
+    _opt("base-role-arn", "--role-base-arn", type=str, default=None,
+        help="Prefix for role names that are not ARNs, e.g. arn:aws:iam::123456789012:role/ (kiam: --role-base-arn)."),
+    _opt("auto-discover-base-arn", "--role-base-arn-autodetect", is_flag=True, default=False,
+        help="Take account and partition for the base ARN from the node's IMDS iam/info."),
+    _opt("default-role", type=str, default=None,
+        help="Role (name or ARN) for pods without the role annotation. Unset: such pods get 404."),
+    _opt("iam-role-key", type=str, default="iam.amazonaws.com/role",
+        help="Pod annotation holding a role name or a full role ARN."),
+    _opt("iam-external-id", type=str, default="iam.amazonaws.com/external-id",
+        help="Pod annotation holding an STS ExternalId."),
+    _opt("namespace-restrictions", is_flag=True, default=False,
+        help="Serve a role only if the pod's namespace permits it (kube2iam's or kiam's annotation). Recommended."),
+    _opt("namespace-key", type=str, default="iam.amazonaws.com/allowed-roles",
+        help="kube2iam's namespace annotation: a JSON list of role names, ARNs or patterns."),
+    _opt("namespace-restriction-format", type=click.Choice(["glob", "regexp"]), default="glob",
+        help="How --namespace-key entries match the role ARN: glob ('*' only) or an unanchored regexp."),
+    _opt("namespace-permitted-key", type=str, default="iam.amazonaws.com/permitted",
+        help="kiam's namespace annotation: a regexp over the whole role ARN."),
+    _opt("default-role-bypasses-restrictions", is_flag=True, default=False,
+        help="Serve the default role whatever the namespace permits (kube2iam's behaviour)."),
+    _opt("host-network-role", type=str, default=None,
+        help="Role for callers on the node's own network (hostNetwork pods, the node). Unset: they get 403."),
+    _opt("session-tags", is_flag=True, default=False,
+        help="Tag STS sessions with kubernetes-namespace, -pod-name, -pod-uid, -service-account (ABAC)."),
+    _opt("session-duration", type=DURATION, default="1h",
+        help="STS session duration (DurationSeconds): how long issued credentials are valid."),
+    _opt("session-refresh", type=DURATION, default="30m",
+        help="Refresh credentials in the background when less than this remains."),
+    _opt("sts-timeout", type=DURATION, default="5s", help="Deadline of one AssumeRole call, retries included."),
+    _opt("iam-role-error-ttl", type=DURATION, default="10s",
+        help="How long an STS error for one identity is answered from memory before STS is asked again."),
+    _opt("use-regional-sts-endpoint", is_flag=True, default=False,
+        help="Use the regional STS endpoint of the region (AWS_REGION / AWS_DEFAULT_REGION / node placement)."),
+    _opt("metadata-addr", type=str, default="169.254.169.254",
+        help="The node's real metadata service, host or host:port, for allow-listed paths only."),
+]
+"""Flags that decide what a pod gets: shared by `agent` and `explain`, so they agree."""
+
+
+def _policy_options(f: _F) -> _F:
+    for option in reversed(_POLICY_OPTIONS):
+        f = option(f)
+    return f
+
+
 @main.command()
-@_opt("kubeconfig", type=click.Path(dir_okay=False), default=None,
-      help="kubeconfig for API access [default: in-cluster config, else $KUBECONFIG, else ~/.kube/config]")
+@_policy_options
 @_opt("node", type=str, default=None, env_extra=("NODE_NAME",), show_default=False,
       help="Name of this node; only pods bound to it are watched and served. Required.")
 @_opt("app-port", "--port", type=click.IntRange(1, 65535), default=8181,
@@ -116,29 +165,12 @@ def main() -> None:
       help="Pod-facing interface(s) for the DNAT rule: a name, a 'cali+' wildcard or '!eth0' negation.")
 @_opt("iptables/--no-iptables", default=False,
       help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
-@_opt("base-role-arn", "--role-base-arn", type=str, default=None,
-      help="Prefix for role names that are not ARNs, e.g. arn:aws:iam::123456789012:role/ (kiam: --role-base-arn).")
-@_opt("auto-discover-base-arn", "--role-base-arn-autodetect", is_flag=True, default=False,
-      help="Take account and partition for the base ARN from the node's IMDS iam/info.")
-@_opt("default-role", type=str, default=None,
-      help="Role (name or ARN) for pods without the role annotation. Unset: such pods get 404.")
-@_opt("iam-role-key", type=str, default="iam.amazonaws.com/role",
-      help="Pod annotation holding a role name or a full role ARN.")
-@_opt("iam-external-id", type=str, default="iam.amazonaws.com/external-id",
-      help="Pod annotation holding an STS ExternalId.")
-@_opt("session-duration", type=DURATION, default="1h",
-      help="STS session duration (DurationSeconds): how long issued credentials are valid.")
-@_opt("session-refresh", type=DURATION, default="30m",
-      help="Refresh credentials in the background when less than this remains.")
-@_opt("sts-timeout", type=DURATION, default="5s", help="Deadline of one AssumeRole call, retries included.")
-@_opt("iam-role-error-ttl", type=DURATION, default="10s",
-      help="How long an STS error for one identity is answered from memory before STS is asked again.")
-@_opt("use-regional-sts-endpoint", is_flag=True, default=False,
-      help="Use the regional STS endpoint of the region (AWS_REGION / AWS_DEFAULT_REGION / node placement).")
-@_opt("metadata-addr", type=str, default="169.254.169.254",
-      help="The node's real metadata service, host or host:port, for allow-listed paths only.")
 @_opt("require-imdsv2", is_flag=True, default=False,
       help="Refuse token-less metadata requests (401), as an instance with IMDSv2 required does.")
+@_opt("pod-rate-limit", type=click.FloatRange(min=0), default=100.0,
+      help="Requests per second one pod may make (burst twice that); beyond it 429. 0 disables.")
+@_opt("pod-events/--no-pod-events", default=True,
+      help="Record Warning events on pods that are refused or fail (needs create/patch on events).")
 @_opt("pod-wait", type=DURATION, default="800ms",
       help="How long a request from an IP not yet in the pod index waits for the pod watch.")
 @_opt("allow-route-regexp", "--whitelist-route-regexp", type=Regexp(), default=DEFAULT_ALLOW_ROUTE_REGEXP,
@@ -146,6 +178,10 @@ def main() -> None:
       "Default: SDK region discovery only (placement/*, dynamic/instance-identity/document).")
 @_opt("metrics-port", type=click.IntRange(1, 65535), default=9181,
       help="Port of /metrics, /healthz and /readyz; never the app port pods can reach.")
+@_opt("debug", is_flag=True, default=False,
+      help="Serve /debug/pods (pod index and cache state, no secrets) on the metrics port.")
+@_opt("audit-log", type=str, default=None,
+      help="Write one JSON record per credential issuance to this file ('-': stdout) [default: the log stream].")
 @_opt("shutdown-grace", type=DURATION, default="5s", help="Time in-flight requests get to finish at shutdown.")
 @_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
 @_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -169,10 +205,7 @@ def agent(**flags: Any) -> None:
         sys.exit(1)
 
 
-def agent_settings(flags: dict[str, Any], environ: dict[str, str] | Any) -> AgentSettings:
-    """Settings from parsed flags; ``environ`` only for the AWS region, which botocore reads alone otherwise."""
-    if not flags["node"]:
-        raise ConfigError("--node (or NODE_NAME) is required: the agent serves the pods of one node")
+def _check_sessions(flags: dict[str, Any]) -> None:
     if flags["session_refresh"] + EXPIRY_MARGIN >= flags["session_duration"]:
         raise ConfigError(
             f"--session-refresh must be shorter than --session-duration by more than {EXPIRY_MARGIN:g}s,"
@@ -180,37 +213,107 @@ def agent_settings(flags: dict[str, Any], environ: dict[str, str] | Any) -> Agen
         )
     if flags["session_duration"] < 900 or flags["session_duration"] > 43200:
         raise ConfigError("--session-duration must be between 15m and 12h (STS limits)")
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+
+
+def _region(environ: Mapping[str, str]) -> str | None:
+    """AWS_REGION first: most SDKs read it; botocore alone reads only AWS_DEFAULT_REGION."""
+    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+
+
+def _role_settings(flags: dict[str, Any]) -> RoleSettings:
+    return RoleSettings(
+        base_role_arn=flags["base_role_arn"],
+        auto_discover_base_arn=flags["auto_discover_base_arn"],
+        default_role=flags["default_role"],
+        role_key=flags["iam_role_key"],
+        external_id_key=flags["iam_external_id"],
+        session_tags=flags["session_tags"],
+        host_network_role=flags["host_network_role"],
+    )
+
+
+def _restriction_settings(flags: dict[str, Any]) -> RestrictionSettings:
+    return RestrictionSettings(
+        enabled=flags["namespace_restrictions"],
+        namespace_key=flags["namespace_key"],
+        format=flags["namespace_restriction_format"],
+        permitted_key=flags["namespace_permitted_key"],
+        default_role_bypasses=flags["default_role_bypasses_restrictions"],
+    )
+
+
+def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSettings:
+    _check_sessions(flags)
+    return StsSettings(
+        session_duration=flags["session_duration"],
+        session_refresh=flags["session_refresh"],
+        call_timeout=flags["sts_timeout"],
+        error_ttl=flags["iam_role_error_ttl"],
+        region=_region(environ),
+        regional_endpoint=flags["use_regional_sts_endpoint"],
+    )
+
+
+def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSettings:
+    """Settings from parsed flags; ``environ`` only for the AWS region, which botocore reads alone otherwise."""
+    if not flags["node"]:
+        raise ConfigError("--node (or NODE_NAME) is required: the agent serves the pods of one node")
     return AgentSettings(
         kube=KubeSettings(node_name=flags["node"], kubeconfig=flags["kubeconfig"]),
-        roles=RoleSettings(
-            base_role_arn=flags["base_role_arn"],
-            auto_discover_base_arn=flags["auto_discover_base_arn"],
-            default_role=flags["default_role"],
-            role_key=flags["iam_role_key"],
-            external_id_key=flags["iam_external_id"],
-        ),
-        sts=StsSettings(
-            session_duration=flags["session_duration"],
-            session_refresh=flags["session_refresh"],
-            call_timeout=flags["sts_timeout"],
-            error_ttl=flags["iam_role_error_ttl"],
-            region=region,
-            regional_endpoint=flags["use_regional_sts_endpoint"],
-        ),
+        roles=_role_settings(flags),
+        restrictions=_restriction_settings(flags),
+        sts=_sts_settings(flags, environ),
         imds=ImdsSettings(
             app_port=flags["app_port"],
             metadata_addr=flags["metadata_addr"],
             allow_route_regexp=flags["allow_route_regexp"],
             require_imdsv2=flags["require_imdsv2"],
             pod_wait=flags["pod_wait"],
+            pod_rate_limit=flags["pod_rate_limit"],
             shutdown_grace=flags["shutdown_grace"],
         ),
         node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],
-                          iptables=flags["iptables"]),
-        log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower()),
-        metrics=MetricsSettings(port=flags["metrics_port"]),
+                          iptables=flags["iptables"], pod_events=flags["pod_events"]),
+        log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower(), audit_log=flags["audit_log"]),
+        metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"]),
     )
+
+
+@main.command()
+@click.argument("pod", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of POD.")
+@click.option("--ip", help="Explain the pod with this IP instead of naming it (what the agent sees).")
+@click.option("--node", envvar=["PODIAM_NODE", "NODE_NAME"], default=None, help="Shown in the report only.")
+@click.option("--assume", is_flag=True, help="Also make the AssumeRole call and report the result.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_policy_options
+def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None, assume: bool, output: str,
+            **flags: Any) -> None:
+    """What the agent, with these flags, would answer POD (or the pod with --ip), and why.
+
+    Exit status 0 when the pod would get credentials, 1 when not, 2 for a usage error.
+    """
+    if (pod is None) == (ip is None):
+        raise click.UsageError("name a POD or give --ip, not both")
+    try:
+        settings = ExplainSettings(
+            kube=KubeSettings(node_name=node or "", kubeconfig=flags["kubeconfig"]),
+            roles=_role_settings(flags),
+            restrictions=_restriction_settings(flags),
+            sts=_sts_settings(flags, os.environ),
+            metadata_addr=flags["metadata_addr"],
+            region=_region(os.environ),
+        )
+        from podiam.explain import explain as run_explain  # noqa: PLC0415 - keeps `--help` fast
+
+        result = asyncio.run(run_explain(settings, namespace=namespace, name=pod, ip=ip, assume=assume))
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    except PodiamError as e:
+        click.echo(f"podiam explain: {e}", err=True)
+        sys.exit(1)
+    click.echo(result.to_json() if output == "json" else result.to_text())
+    sys.exit(0 if result.gets_credentials else 1)
 
 
 def _run(coro: Any) -> None:

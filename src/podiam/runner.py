@@ -24,18 +24,23 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from podiam.credentials import Identity
 from podiam.errors import ConfigError, NodeMetadataError, PodiamError
-from podiam.imds.app import ImdsDeps, make_app
+from podiam.imds.app import EventSink, ImdsDeps, NoEvents, event_reason, make_app
 from podiam.imds.ops_app import make_ops_app
+from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
 from podiam.kube.connection import make_client
+from podiam.kube.events import EventRecorder
+from podiam.kube.namespace_index import NamespaceIndex, namespace_watcher
 from podiam.kube.pod_index import PodIndex
-from podiam.kube.pod_watcher import PodWatcher
+from podiam.kube.pod_watcher import pod_watcher
+from podiam.kube.watcher import ListWatcher
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
-from podiam.observability.audit import IssuanceLog
+from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
 from podiam.observability.metrics import Metrics
-from podiam.pods import PodEntry
+from podiam.pods import PodEntry, PodInfo
 from podiam.policy import RolePolicy
 from podiam.settings import AgentSettings
 from podiam.sts.assumer import StsAssumer
@@ -55,17 +60,25 @@ class PrefetchWhenIndexed:
     credentials cached; when the last pod of an identity goes, they stop being refreshed.
     """
 
-    def __init__(self, cache: CredentialCache, index: PodIndex, issuance: IssuanceLog) -> None:
-        self._cache, self._index, self._issuance = cache, index, issuance
+    def __init__(self, cache: CredentialCache, index: PodIndex, issuance: IssuanceLog, events: EventSink,
+                 metrics: Metrics) -> None:
+        self._cache, self._index, self._issuance, self._events = cache, index, issuance, events
+        self._metrics = metrics
 
     def pod_active(self, entry: PodEntry) -> None:
         if entry.identity is not None:
             self._cache.prefetch(entry.identity)
         elif entry.problem is not None:
+            # Told to the pod's owner when it is decided, not only when the pod first asks.
             log.warning("pod cannot be served", pod=entry.pod.ref, reason=str(entry.problem))
+            reason = event_reason(entry.problem)
+            if reason is not None:
+                self._metrics.policy_denials.labels(reason).inc()
+                self._events.warn(entry.pod, reason, str(entry.problem))
 
     def pod_gone(self, entry: PodEntry) -> None:
         self._issuance.forget(entry.pod)
+        self._events.forget(entry.pod)
         if entry.identity is not None and not self._index.identity_in_use(entry.identity):
             self._cache.discard(entry.identity)
 
@@ -101,6 +114,41 @@ async def _start_site(app: web.Application, host: str, port: int, grace: float) 
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     return runner
+
+
+async def _after(event: asyncio.Event, watcher: ListWatcher) -> None:
+    await event.wait()
+    await watcher.run()
+
+
+def _audit_writer(stack: contextlib.AsyncExitStack, target: str | None) -> AuditWriter:
+    if target is None:
+        return log_writer
+    try:
+        writer = JsonLinesWriter(target)
+    except OSError as e:
+        raise ConfigError(f"--audit-log: cannot open {target}: {e.strerror or e}") from e
+    stack.callback(writer.close)
+    return writer
+
+
+def debug_pods(index: PodIndex, cache: CredentialCache) -> list[dict[str, Any]]:
+    """The pod index and each identity's cache state, for /debug/pods. No secrets."""
+    state = cache.state()
+    rows = []
+    for entry in sorted(index.entries(), key=lambda e: (e.pod.namespace, e.pod.name)):
+        row: dict[str, Any] = {"namespace": entry.pod.namespace, "pod": entry.pod.name, "ip": entry.pod.ip,
+                               "uid": entry.pod.uid}
+        if entry.identity is None:
+            row["refused"] = str(entry.problem)
+        else:
+            cached = state.get(entry.identity)
+            row |= {"role_arn": entry.identity.role_arn, "session_name": entry.identity.session_name,
+                    "credentials_expire": cached.expiration.isoformat() if cached and cached.expiration else None,
+                    "last_error": cached.last_error_code if cached else None,
+                    "fetching": cached.fetching if cached else False}
+        rows.append(row)
+    return rows
 
 
 class Agent:
@@ -139,28 +187,49 @@ class Agent:
                 NodeMetadataClient(s.imds.metadata_addr, s.imds.upstream_timeout)
             )
             region, base_arn = await _resolve_node_facts(s, upstream)
-            policy = RolePolicy.from_settings(s.roles, base_arn)
+            policy = RolePolicy.from_settings(s.roles, base_arn, s.restrictions)
             assumer = await stack.enter_async_context(StsAssumer(region, s.sts, self.metrics))
             cache = await stack.enter_async_context(CredentialCache(assumer, s.sts, self.metrics))
-            issuance = IssuanceLog(s.kube.node_name)
-            index = PodIndex(policy.identity)
-            index.subscribe(PrefetchWhenIndexed(cache, index, issuance))
+            issuance = IssuanceLog(s.kube.node_name, _audit_writer(stack, s.log.audit_log))
             client = make_client(s.kube)
             stack.push_async_callback(client.close)
+            events: EventSink = NoEvents()
+            if s.node.pod_events:
+                events = await stack.enter_async_context(EventRecorder(client, self.metrics, node=s.kube.node_name))
+            namespaces = NamespaceIndex(policy, self.metrics) if s.restrictions.enabled else None
+
+            def decide(pod: PodInfo) -> Identity:
+                return policy.identity(pod, namespaces.rules(pod.namespace) if namespaces else None)
+
+            index = PodIndex(decide, host_ips=[s.node.host_ip] if s.node.host_ip else [])
+            index.subscribe(PrefetchWhenIndexed(cache, index, issuance, events, self.metrics))
+            host_identity = policy.host_identity(s.kube.node_name)
+            if host_identity is not None:
+                cache.prefetch(host_identity)
             # Registered before any task exists: a failure later in start-up still stops them.
             stack.push_async_callback(self._stop_tasks)
-            self._spawn("pod-watcher", PodWatcher(client, index, s.kube, self.metrics).run())
+            pods = pod_watcher(client, index, s.kube, self.metrics)
+            if namespaces is None:
+                self._spawn("pod-watcher", pods.run())
+            else:
+                namespaces.subscribe(index.decide_again)
+                self._spawn("namespace-watcher", namespace_watcher(client, namespaces, s.kube, self.metrics).run())
+                # Pods are decided once their namespaces are known, not refused meanwhile.
+                self._spawn("pod-watcher", _after(namespaces.synced, pods))
 
             def ready() -> bool:
                 # Ready means pods are served: index synced, rule (if any) in place, not stopping.
                 return self._started.is_set() and index.synced.is_set() and not self._stop.is_set()
 
             deps = ImdsDeps(pods=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
-                            metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready)
+                            metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
+                            limiter=RateLimiter(s.imds.pod_rate_limit), events=events,
+                            host_identity=host_identity)
             imds_site = await _start_site(make_app(deps), s.imds.bind_address, s.imds.app_port,
                                           s.imds.shutdown_grace)
             stack.push_async_callback(imds_site.cleanup)  # idempotent; normally done in _shutdown
-            ops_site = await _start_site(make_ops_app(self.metrics, ready), s.metrics.bind_address,
+            debug = (lambda: debug_pods(index, cache)) if s.metrics.debug else None
+            ops_site = await _start_site(make_ops_app(self.metrics, ready, debug), s.metrics.bind_address,
                                          s.metrics.port, 1.0)
             stack.push_async_callback(ops_site.cleanup)
             if rule is not None:

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.imds.app import ImdsDeps, make_app
+from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient
 from podiam.kube.pod_index import PodIndex
@@ -72,13 +73,14 @@ async def node_imds() -> AsyncIterator[FakeNodeImds]:
 
 
 async def endpoint(node_imds: FakeNodeImds, **settings: object) -> AsyncIterator[Endpoint]:
-    index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity)
+    # Loopback stands in for a pod's address here; in the agent it is the node's own.
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity, loopback_is_host=False)
     index.replace([])
     creds, metrics = FakeCredentials(), Metrics()
     async with NodeMetadataClient(f"{node_imds.host}:{node_imds.port}", 1.0) as upstream:
         deps = ImdsDeps(pods=index, credentials=creds, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                         metrics=metrics, settings=ImdsSettings(pod_wait=0.05, **settings),  # type: ignore[arg-type]
-                        upstream=upstream, ready=index.synced.is_set)
+                        upstream=upstream, ready=index.synced.is_set, limiter=RateLimiter(0))
         async with TestClient(TestServer(make_app(deps), host=IP)) as client:
             yield Endpoint(client, index, creds, metrics)
 

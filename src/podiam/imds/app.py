@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -33,16 +33,18 @@ from podiam.errors import (
     PodAmbiguous,
     PodiamError,
     PodNotFound,
+    RoleForbidden,
     RoleMismatch,
     StsCallFailed,
     StsUnavailable,
 )
+from podiam.imds.rate_limit import RateLimiter, retry_after_header
 from podiam.imds.routes import Match, Route, classify
 from podiam.imds.tokens import TokenIssuer, parse_ttl
 from podiam.imds.upstream import NodeMetadataClient
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
-from podiam.pods import PodEntry
+from podiam.pods import PodEntry, PodInfo
 from podiam.settings import ImdsSettings
 
 log = structlog.stdlib.get_logger(__name__)
@@ -59,6 +61,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[PodiamError], int, str], ...] = (
     (NoRoleError, 404, "no_role"),
     (PodAmbiguous, 409, "ambiguous_ip"),
     (InvalidRoleError, 403, "invalid_role"),
+    (RoleForbidden, 403, "role_forbidden"),
     (RoleMismatch, 403, "role_mismatch"),
     (HostNetworkCaller, 403, "host_network"),
     (StsCallFailed, 502, "sts_error"),
@@ -73,6 +76,46 @@ class PodLookup(Protocol):
     """Which pod an IP is: the pod index (kube/), or any other source of pods."""
 
     async def wait_for(self, ip: str, timeout: float) -> PodEntry: ...
+
+    def is_host_ip(self, ip: str) -> bool: ...
+
+
+class EventSink(Protocol):
+    """Where refusals of a pod are reported to its owner (Kubernetes Warning events)."""
+
+    def warn(self, pod: PodInfo, reason: str, message: str) -> None: ...
+
+    def forget(self, pod: PodInfo) -> None: ...
+
+
+class NoEvents:
+    """--no-pod-events."""
+
+    def warn(self, pod: PodInfo, reason: str, message: str) -> None:
+        pass
+
+    def forget(self, pod: PodInfo) -> None:
+        pass
+
+
+def event_reason(error: PodiamError) -> str | None:
+    """The Warning event reason for a refusal, or None when the pod's owner has nothing to fix."""
+    if isinstance(error, RoleForbidden | RoleMismatch):
+        return "IAMRoleForbidden"
+    if isinstance(error, InvalidRoleError):
+        return "IAMRoleInvalid"
+    if isinstance(error, CredentialsError):
+        return "IAMCredentialsFailed"
+    return None
+
+
+def _status_and_reason(error: Exception) -> tuple[int, str]:
+    return next(((st, why) for kind, st, why in _STATUS_BY_ERROR if isinstance(error, kind)), (500, "internal"))
+
+
+def status_for(error: Exception) -> int:
+    """The HTTP status a pod is answered with for ``error`` (also what `podiam explain` reports)."""
+    return _status_and_reason(error)[0]
 
 
 class CredentialSource(Protocol):
@@ -91,14 +134,18 @@ class ImdsDeps:
     settings: ImdsSettings
     upstream: NodeMetadataClient | None
     ready: Callable[[], bool]
+    limiter: RateLimiter
+    events: EventSink = field(default_factory=NoEvents)
+    host_identity: Identity | None = None
+    """What the node's own network gets (--host-network-role); None refuses it."""
 
 
 class _Refusal(Exception):
     """A response decided early (bad token, method, ...), carried out of the dispatch."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.headers = status, reason, headers
 
 
 def _text(status: int, body: str | bytes, extra: dict[str, str] | None = None) -> web.Response:
@@ -139,7 +186,7 @@ class ImdsHandler:
             self._d.metrics.refusals.labels(r.reason).inc()
             log.info("request refused", client=request.remote, path=request.path, status=r.status,
                      reason=r.reason, detail=str(r))
-            response = _text(r.status, str(r) + "\n")
+            response = _text(r.status, str(r) + "\n", r.headers)
         self._d.metrics.requests.labels(match.route.value, str(response.status)).observe(
             time.perf_counter() - started
         )
@@ -152,6 +199,10 @@ class ImdsHandler:
         if route is Route.READYZ:
             return _text(200, "ready\n") if self._d.ready() else _text(503, "pod index not synced yet\n")
         ip = request.remote or ""
+        wait = self._d.limiter.retry_after(ip)
+        if wait:
+            raise _Refusal(429, "rate_limited", f"more than {self._d.limiter.rate:g} requests per second from "
+                           f"{ip}; slow down", {"Retry-After": retry_after_header(wait)})
         if route is Route.TOKEN:
             return self._issue_token(request, ip)
         if request.method not in ("GET", "HEAD"):
@@ -159,7 +210,7 @@ class ImdsHandler:
         self._check_token(request, ip)
         # Even allow-listed paths are for this node's pods only: nothing else that can reach
         # the port (another host, the node itself) learns anything about the node.
-        entry = await self._pod(ip)
+        entry = await self._caller(ip)
         if route is Route.OTHER:
             return await self._proxy(request)
         identity = self._identity(entry)
@@ -173,11 +224,11 @@ class ImdsHandler:
         if match.role != identity.role_name:
             raise self._refuse(RoleMismatch(
                 f"pod {entry.pod.ref} asked for role {match.role!r} but its role is {identity.role_name!r}"
-            ))
+            ), entry.pod)
         try:
             creds = await self._d.credentials.get(identity)
         except CredentialsError as e:
-            raise self._refuse(e, warn=True) from None
+            raise self._refuse(e, entry.pod, warn=True) from None
         self._d.issuance.served(entry.pod, identity, creds)
         if request_log.isEnabledFor(logging.DEBUG):
             request_log.debug("credentials served to %s for %s", entry.pod.ref, identity.role_arn)
@@ -203,7 +254,16 @@ class ImdsHandler:
         if not self._d.tokens.valid(token, ip):
             raise _Refusal(401, "invalid_token", "the metadata token is invalid, expired or not this pod's")
 
-    async def _pod(self, ip: str) -> PodEntry:
+    async def _caller(self, ip: str) -> PodEntry:
+        """The pod behind ``ip``; the node's own network is answered at once, never waited for."""
+        if self._d.pods.is_host_ip(ip):
+            if self._d.host_identity is None:
+                raise self._refuse(HostNetworkCaller(
+                    f"{ip} is the node's own network (a hostNetwork pod or the node itself): it is not "
+                    "served a pod role (see --host-network-role)"
+                ))
+            host = PodInfo(namespace="", name="hostNetwork", uid=f"host:{ip}", ip=ip, host_network=True)
+            return PodEntry(host, self._d.host_identity, None)
         try:
             return await self._d.pods.wait_for(ip, self._d.settings.pod_wait)
         except IdentityError as e:
@@ -212,14 +272,16 @@ class ImdsHandler:
     def _identity(self, entry: PodEntry) -> Identity:
         if entry.identity is None:
             assert entry.problem is not None
-            raise self._refuse(entry.problem)
+            raise self._refuse(entry.problem, entry.pod)
         return entry.identity
 
-    def _refuse(self, error: PodiamError, *, warn: bool = False) -> _Refusal:
-        status, reason = next(((st, why) for kind, st, why in _STATUS_BY_ERROR if isinstance(error, kind)),
-                              (500, "internal"))
+    def _refuse(self, error: PodiamError, pod: PodInfo | None = None, *, warn: bool = False) -> _Refusal:
+        status, reason = _status_and_reason(error)
         if warn:
             log.warning("credentials unavailable", reason=reason, detail=str(error))
+        event = event_reason(error)
+        if pod is not None and event is not None and not pod.host_network:
+            self._d.events.warn(pod, event, str(error))
         return _Refusal(status, reason, str(error))
 
     async def _proxy(self, request: web.Request) -> web.Response:

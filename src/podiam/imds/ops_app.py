@@ -8,6 +8,7 @@ rule, and metrics name roles and pods (a complaint about kube2iam, which served 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -15,7 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from podiam.observability.metrics import Metrics
 
 
-def make_ops_app(metrics: Metrics, ready: Callable[[], bool]) -> web.Application:
+def make_ops_app(
+    metrics: Metrics, ready: Callable[[], bool], debug_pods: Callable[[], list[dict[str, Any]]] | None = None
+) -> web.Application:
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -27,7 +30,13 @@ def make_ops_app(metrics: Metrics, ready: Callable[[], bool]) -> web.Application
             return web.Response(text="ready\n")
         return web.Response(status=503, text="pod index not synced yet\n")
 
+    async def pods_handler(request: web.Request) -> web.Response:
+        assert debug_pods is not None
+        return web.json_response({"pods": debug_pods()})
+
     app = web.Application()
+    if debug_pods is not None:  # --debug: on this port only, never where pods are sent
+        app.router.add_get("/debug/pods", pods_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
