@@ -30,7 +30,7 @@ import aiohttp
 import lightkube
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.core_v1 import Event, Namespace
 from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
@@ -307,6 +307,30 @@ class World:
         await agent.start()
         return agent
 
+    async def set_namespace(self, namespace: str, annotations: Mapping[str, str | None]) -> None:
+        """Create the namespace or change its annotations (None removes one), as kubectl annotate."""
+        await self.ensure_namespace(namespace)
+        await self.kube.patch(Namespace, namespace, {"metadata": {"annotations": dict(annotations)}},
+                              patch_type=PatchType.MERGE)
+
+    async def pod_events(self, pod: WorldPod) -> list[Any]:
+        """The Events recorded on ``pod``, as `kubectl describe pod` shows them."""
+        events = [e async for e in self.kube.list(Event, namespace=pod.namespace)]
+        return [e for e in events if e.involvedObject.name == pod.name]
+
+    async def explain(self, *args: str) -> tuple[int, str]:
+        """Run `podiam explain` against this world's API; returns exit code and output."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "podiam", "explain", "--kubeconfig", str(self.kubeconfig),
+            "--base-role-arn", BASE_ARN, *args,
+            env={"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **self.sts.client_env()},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(60):
+            out, _ = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
     async def ensure_namespace(self, namespace: str) -> None:
         if namespace in self._namespaces:
             return
@@ -323,16 +347,17 @@ class World:
         annotations: Mapping[str, str] | None = None,
         ip: str | None = None,
         register: bool = True,
+        host_network: bool = False,
     ) -> WorldPod:
         """A pod network namespace and, unless ``register`` is False, its Running Pod object."""
         net_pod = await self.net.add_pod(f"{namespace}-{name}"[:40], ip=ip)
         pod = WorldPod(self, net_pod, namespace, name)
         if register:
-            await self.register(pod, role=role, annotations=annotations)
+            await self.register(pod, role=role, annotations=annotations, host_network=host_network)
         return pod
 
     async def register(self, pod: WorldPod, *, role: str | None = None,
-                       annotations: Mapping[str, str] | None = None) -> None:
+                       annotations: Mapping[str, str] | None = None, host_network: bool = False) -> None:
         """Create the Pod object as a kubelet would report a running pod on this node."""
         await self.ensure_namespace(pod.namespace)
         notes = dict(annotations or {})
@@ -341,7 +366,7 @@ class World:
         await self.kube.create(KubePod(
             metadata=ObjectMeta(name=pod.name, namespace=pod.namespace, annotations=notes),
             spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=self.node_name,
-                         serviceAccountName="default"),
+                         serviceAccountName="default", hostNetwork=host_network or None),
         ))
         # Like a kubelet: the API server ignores status on create; it is reported separately.
         await self.kube.patch(KubePod.Status, pod.name, {"status": {
