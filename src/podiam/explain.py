@@ -22,7 +22,6 @@ from podiam.errors import (
     PodAmbiguous,
     PodiamError,
     PodNotFound,
-    StsCallFailed,
 )
 from podiam.imds.app import status_for
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
@@ -61,10 +60,10 @@ class Explanation:
         self.checks.append(Check(check, True, detail))
 
     def failed(self, check: str, error: PodiamError) -> None:
-        detail = f"{error.code}: {error}" if isinstance(error, StsCallFailed) else str(error)
-        self.checks.append(Check(check, False, detail))
+        # STS's error code is already in its message (see sts/assumer.py).
+        self.checks.append(Check(check, False, str(error)))
         self.status = status_for(error)
-        self.answer = detail
+        self.answer = str(error)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "gets_credentials": self.gets_credentials}, indent=2)

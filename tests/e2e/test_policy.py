@@ -232,3 +232,22 @@ async def test_explain_reports_missing_and_unannotated_pods(world: World) -> Non
     assert "no iam.amazonaws.com/role annotation" in text
     code, _ = await world.explain("--default-role", "fallback", "-n", "team-x", plain.name)
     assert code == 0
+
+
+async def test_an_sts_outage_is_a_gateway_error_and_an_event_on_the_pod(world: World, start: Start) -> None:
+    await start("--sts-timeout", "2s")
+    await world.sts.stop()
+    try:
+        pod = await world.add_pod("stranded", "team-o", role="o-role")
+        resp = await pod.http("GET", CREDS + "o-role")
+        assert resp.status in (502, 504)
+        assert b"STS" in resp.body
+        await wait_until(lambda: has_event(world, pod, "IAMCredentialsFailed"), what="the IAMCredentialsFailed event")
+    finally:
+        await world.sts.start()
+    # After the outage the pod is served (the error is only remembered for --iam-role-error-ttl).
+
+    async def served() -> bool:
+        return await status(pod, CREDS + "o-role") == 200
+
+    await wait_until(served, timeout=30, what="credentials once STS is back")
