@@ -43,6 +43,9 @@ class FakeCredentials:
         self.calls: list[Identity] = []
         self.error: Exception | None = None
 
+    def fresh(self, identity: Identity) -> Credentials | None:
+        return None  # always the waiting path here; the cache's own hit path has its own tests
+
     async def get(self, identity: Identity) -> Credentials:
         self.calls.append(identity)
         if self.error is not None:

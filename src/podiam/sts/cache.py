@@ -214,6 +214,17 @@ class CredentialCache:
 
     # -- the request path ---------------------------------------------------------------
 
+    def fresh(self, identity: Identity) -> Credentials | None:
+        """Rule 1 alone, synchronously: fresh credentials (a hit), or None when get() must decide.
+
+        The metadata endpoint's fast path answers cache hits with this, without a coroutine.
+        """
+        entry = self._entries.get(identity)
+        if entry is not None and entry.creds is not None and self._clock.now() < entry.fresh_until:
+            self._metrics.cache_hits.inc()
+            return entry.creds
+        return None
+
     async def get(self, identity: Identity) -> Credentials:
         """Credentials for ``identity``, by the rules in the module docstring.
 
