@@ -165,6 +165,8 @@ def _policy_options(f: _F) -> _F:
       help="Pod-facing interface(s) for the DNAT rule: a name, a 'cali+' wildcard or '!eth0' negation.")
 @_opt("iptables/--no-iptables", default=False,
       help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
+@_opt("http-server", type=click.Choice(["fast", "aiohttp"]), default="fast",
+      help="The metadata endpoint's HTTP server: the dedicated fast path, or aiohttp (same behaviour).")
 @_opt("require-imdsv2", is_flag=True, default=False,
       help="Refuse token-less metadata requests (401), as an instance with IMDSv2 required does.")
 @_opt("pod-rate-limit", type=click.FloatRange(min=0), default=100.0,
@@ -265,6 +267,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSe
         sts=_sts_settings(flags, environ),
         imds=ImdsSettings(
             app_port=flags["app_port"],
+            server=flags["http_server"],
             metadata_addr=flags["metadata_addr"],
             allow_route_regexp=flags["allow_route_regexp"],
             require_imdsv2=flags["require_imdsv2"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -27,6 +27,8 @@ from aiohttp import web
 from podiam.credentials import Identity
 from podiam.errors import ConfigError, NodeMetadataError, PodiamError
 from podiam.imds.app import EventSink, ImdsDeps, NoEvents, event_reason, make_app
+from podiam.imds.core import MetadataCore
+from podiam.imds.fast_server import FastServer
 from podiam.imds.ops_app import make_ops_app
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
@@ -42,7 +44,7 @@ from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodEntry, PodInfo
 from podiam.policy import RolePolicy
-from podiam.settings import AgentSettings
+from podiam.settings import AgentSettings, ImdsSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
 
@@ -103,6 +105,20 @@ async def _resolve_node_facts(settings: AgentSettings, upstream: NodeMetadataCli
             raise ConfigError(f"--auto-discover-base-arn: {e}") from e
         log.info("base role ARN discovered from node metadata", base_role_arn=base_arn)
     return region, base_arn
+
+
+async def _start_metadata_server(deps: ImdsDeps, settings: ImdsSettings) -> Callable[[], Awaitable[None]]:
+    """Serve the metadata endpoint; returns the staged stop (stop accepting, drain in-flight)."""
+    if settings.server == "aiohttp":
+        runner = await _start_site(make_app(deps), settings.bind_address, settings.app_port,
+                                   settings.shutdown_grace)
+        return runner.cleanup
+    server = FastServer(MetadataCore(deps), settings.bind_address, settings.app_port, settings.shutdown_grace)
+    try:
+        await server.__aenter__()
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.app_port}: {e.strerror or e}") from e
+    return server.close
 
 
 async def _start_site(app: web.Application, host: str, port: int, grace: float) -> web.AppRunner:
@@ -225,9 +241,8 @@ class Agent:
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                             limiter=RateLimiter(s.imds.pod_rate_limit), events=events,
                             host_identity=host_identity)
-            imds_site = await _start_site(make_app(deps), s.imds.bind_address, s.imds.app_port,
-                                          s.imds.shutdown_grace)
-            stack.push_async_callback(imds_site.cleanup)  # idempotent; normally done in _shutdown
+            stop_imds = await _start_metadata_server(deps, s.imds)
+            stack.push_async_callback(stop_imds)  # idempotent; normally done in _shutdown
             debug = (lambda: debug_pods(index, cache)) if s.metrics.debug else None
             ops_site = await _start_site(make_ops_app(self.metrics, ready, debug), s.metrics.bind_address,
                                          s.metrics.port, 1.0)
@@ -244,7 +259,7 @@ class Agent:
                 await self._stop.wait()
                 log.info("stopping")
             finally:
-                await self._shutdown(imds_site, rule)
+                await self._shutdown(stop_imds, rule)
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -259,9 +274,9 @@ class Agent:
                       error=repr(error) if error else None)
         self._stop.set()
 
-    async def _shutdown(self, imds_site: web.AppRunner, rule: DnatRule | None) -> None:
+    async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None) -> None:
         self._stop.set()
-        await imds_site.cleanup()  # stop accepting; in-flight requests finish within the grace
+        await stop_imds()  # stop accepting; in-flight requests finish within the grace
         if rule is not None:
             try:
                 removed = await remove_rule(rule)

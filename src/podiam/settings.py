@@ -134,6 +134,10 @@ class ImdsSettings:
     bind_address: str = "0.0.0.0"  # noqa: S104 - pods reach us through DNAT to the host IP
     """Address the metadata endpoint listens on."""
 
+    server: str = "fast"
+    """``fast``: the dedicated httptools protocol (imds/fast_server.py); ``aiohttp``: the same
+    decisions served by aiohttp, kept for comparison and as a fallback."""
+
     metadata_addr: str = "169.254.169.254"
     """The node's real IMDS, ``host`` or ``host:port``, for allow-listed paths only."""
 

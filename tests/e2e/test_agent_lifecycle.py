@@ -35,7 +35,8 @@ async def established_from(ip: str, port: int) -> bool:
 
 
 async def test_the_default_role_serves_unannotated_pods(world: World) -> None:
-    agent = await world.start_agent("--default-role", "fallback")
+    # Also the end-to-end check of the aiohttp server, which must behave as the fast path does.
+    agent = await world.start_agent("--default-role", "fallback", "--http-server", "aiohttp")
     try:
         pod = await world.add_pod("plain-default", "team-c")
         assert await pod.boto3_caller_arn() == f"arn:aws:sts::{ACCOUNT}:assumed-role/fallback/team-c.plain-default"

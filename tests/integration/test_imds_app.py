@@ -1,7 +1,8 @@
 """
 The metadata endpoint over real HTTP, with the real pod index and token issuer, an
 in-memory credential source (a fake of podiam's own CredentialSource interface), and the
-stand-in for the node's IMDS as the upstream of allow-listed paths.
+stand-in for the node's IMDS as the upstream of allow-listed paths. Every test runs
+against both servers, the fast path and aiohttp: they must behave the same.
 
 The caller's IP is the loopback address, so pods here live at 127.0.0.1.
 """
@@ -11,15 +12,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.imds.app import ImdsDeps, make_app
+from podiam.imds.core import MetadataCore
+from podiam.imds.fast_server import FastServer
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient
@@ -63,10 +67,26 @@ def pod(name: str = "web", role: str | None = "reader", ip: str = IP, **extra: o
 
 @dataclasses.dataclass
 class Endpoint:
-    client: TestClient[aiohttp.web.Request, aiohttp.web.Application]
+    client: Client
     index: PodIndex
     creds: FakeCredentials
     metrics: Metrics
+
+
+class Client:
+    """The few client calls the tests make, against either server."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self._session, self._base = session, base
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self._session.get(self._base + path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self._session.put(self._base + path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self._session.post(self._base + path, **kwargs)
 
 
 @pytest_asyncio.fixture
@@ -75,7 +95,7 @@ async def node_imds() -> AsyncIterator[FakeNodeImds]:
         yield imds
 
 
-async def endpoint(node_imds: FakeNodeImds, **settings: object) -> AsyncIterator[Endpoint]:
+async def endpoint(node_imds: FakeNodeImds, server: str, **settings: object) -> AsyncIterator[Endpoint]:
     # Loopback stands in for a pod's address here; in the agent it is the node's own.
     index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity, loopback_is_host=False)
     index.replace([])
@@ -84,19 +104,27 @@ async def endpoint(node_imds: FakeNodeImds, **settings: object) -> AsyncIterator
         deps = ImdsDeps(pods=index, credentials=creds, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                         metrics=metrics, settings=ImdsSettings(pod_wait=0.05, **settings),  # type: ignore[arg-type]
                         upstream=upstream, ready=index.synced.is_set, limiter=RateLimiter(0))
-        async with TestClient(TestServer(make_app(deps), host=IP)) as client:
-            yield Endpoint(client, index, creds, metrics)
+        async with aiohttp.ClientSession() as session:
+            if server == "fast":
+                async with FastServer(MetadataCore(deps), IP, 0, 1.0) as fast:
+                    yield Endpoint(Client(session, f"http://{IP}:{fast.port}"), index, creds, metrics)
+            else:
+                async with TestServer(make_app(deps), host=IP) as test_server:
+                    yield Endpoint(Client(session, str(test_server.make_url(""))), index, creds, metrics)
 
 
-@pytest_asyncio.fixture
-async def ep(node_imds: FakeNodeImds) -> AsyncIterator[Endpoint]:
-    async for e in endpoint(node_imds):
+SERVERS = ["fast", "aiohttp"]
+
+
+@pytest_asyncio.fixture(params=SERVERS)
+async def ep(node_imds: FakeNodeImds, request: pytest.FixtureRequest) -> AsyncIterator[Endpoint]:
+    async for e in endpoint(node_imds, request.param):
         yield e
 
 
-@pytest_asyncio.fixture
-async def ep_v2(node_imds: FakeNodeImds) -> AsyncIterator[Endpoint]:
-    async for e in endpoint(node_imds, require_imdsv2=True):
+@pytest_asyncio.fixture(params=SERVERS)
+async def ep_v2(node_imds: FakeNodeImds, request: pytest.FixtureRequest) -> AsyncIterator[Endpoint]:
+    async for e in endpoint(node_imds, request.param, require_imdsv2=True):
         yield e
 
 

@@ -367,7 +367,9 @@ class MetadataCore:
 
     def _refused(self, req: Request, r: _Refusal) -> Reply:
         self._d.metrics.refusals.labels(r.reason).inc()
-        log.info("request refused", client=req.ip, path=req.path, status=r.status, reason=r.reason, detail=str(r))
+        # Paths are the caller's: bounded in the log, as a hostile pod chooses them.
+        log.info("request refused", client=req.ip, path=req.path[:200], status=r.status, reason=r.reason,
+                 detail=str(r)[:500])
         return _text(r.status, str(r) + "\n", r.headers)
 
     def _observe(self, route: Route, status: int, started: float) -> None:

@@ -1,0 +1,257 @@
+"""
+The metadata endpoint's dedicated HTTP/1.1 server: an asyncio protocol with the httptools
+parser, in front of the same core (imds/core.py) the aiohttp adapter uses.
+
+Why: an SDK asks for credentials on every refresh and some applications build clients in
+a loop; a cache hit should cost a parse, two dict lookups and one write of pre-rendered
+bytes. aiohttp's general machinery (request objects, middlewares, a task per request) costs
+several times that. Here a cache hit never creates a task or an object beyond the core's
+Request; anything that must wait (unknown pod, STS, the node's IMDS) runs as a task, and
+replies on one connection still go out in request order (pipelining).
+
+Hostile input: the URL, header count and size, and body are bounded; a malformed request
+gets 400 and the connection is closed; a connection idle or stuck mid-request longer than
+the keep-alive timeout is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from types import TracebackType
+from typing import Any, NoReturn, cast
+from urllib.parse import unquote
+
+import httptools
+import structlog
+
+from podiam.imds.core import MetadataCore, Reply, Request
+
+log = structlog.stdlib.get_logger(__name__)
+
+MAX_URL = 4096
+MAX_HEADERS = 64
+MAX_HEADER_BYTES = 16384
+MAX_BODY = 4096
+KEEPALIVE_TIMEOUT = 60.0
+"""Seconds a connection may sit idle, or between a request's first byte and its end."""
+
+_CLOSE = b"Connection: close\r\n"
+_BAD_REQUEST = Reply(400, b"malformed HTTP request\n")
+_TOO_LARGE = Reply(413, b"request too large\n")
+_TOO_LONG_URL = Reply(414, b"URL too long\n")
+
+
+class _Malformed(Exception):
+    """Raised from a parser callback; httptools re-raises it wrapped as a parser error, so
+    the reply to send is also kept on the protocol (``_rejection``)."""
+
+
+class MetadataProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, core: MetadataCore, server: FastServer) -> None:
+        self._core = core
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._ip = ""
+        self._url = bytearray()
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body = 0
+        self._queue: collections.deque[tuple[Reply | asyncio.Task[Reply], bool, bool]] = collections.deque()
+        """Replies (or tasks making them) in request order, with (head only, keep alive)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._rejection: Reply | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if peer else ""
+        self._server.connections.add(self)
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(_BAD_REQUEST)  # no upgrades (websocket, h2c) on a metadata endpoint
+        except (httptools.HttpParserError, _Malformed):
+            self._fail(self._rejection or _BAD_REQUEST)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+        # In-flight work is left to finish: the credential fetch it may be waiting on is the
+        # cache's, and the next request from this pod will use it.
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_URL:
+            self._reject(_TOO_LONG_URL)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if len(self._headers) >= MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+            self._reject(_TOO_LARGE)
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += len(body)
+        if self._body > MAX_BODY:
+            self._reject(_TOO_LARGE)
+
+    def on_message_complete(self) -> None:
+        method = self._parser.get_method().decode("latin-1")
+        try:
+            path = unquote(httptools.parse_url(bytes(self._url)).path.decode("latin-1"), errors="strict")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            self._reject(_BAD_REQUEST)
+        keep_alive = self._parser.should_keep_alive() and not self._server.closing
+        answer = self._core.answer(Request(method, path, self._headers, self._ip))
+        head_only = method == "HEAD"
+        if isinstance(answer, Reply):
+            if not self._queue:
+                self._write(answer, head_only, keep_alive)  # the hot path: no task, one write
+                return
+            self._queue.append((answer, head_only, keep_alive))
+        else:
+            task = self._loop.create_task(answer, name=f"imds-request {self._ip}")
+            self._server.track(task)
+            task.add_done_callback(self._flush)
+            self._queue.append((task, head_only, keep_alive))
+        self._flush()
+
+    def _reject(self, reply: Reply) -> NoReturn:
+        self._rejection = reply
+        raise _Malformed()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _flush(self, _: object = None) -> None:
+        while self._queue:
+            item, head_only, keep_alive = self._queue[0]
+            if isinstance(item, asyncio.Task):
+                if not item.done():
+                    return
+                reply = item.result() if not item.cancelled() and item.exception() is None else _internal(item)
+            else:
+                reply = item
+            self._queue.popleft()
+            self._write(reply, head_only, keep_alive)
+
+    def _write(self, reply: Reply, head_only: bool, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        keep_alive = keep_alive and not self._server.closing  # a stop began while it was in flight
+        if keep_alive and not head_only:
+            transport.write(reply.wire)
+        else:
+            transport.write(reply.head + (b"" if keep_alive else _CLOSE) + b"\r\n"
+                            + (b"" if head_only else reply.body))
+        if not keep_alive:
+            self._close()
+        elif not self._queue:
+            self._arm_timer()
+
+    def _fail(self, reply: Reply) -> None:
+        self._queue.clear()
+        self._write(reply, False, False)
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self._server.keepalive_timeout, self._idle)
+
+    def _idle(self) -> None:
+        if not self._queue:  # never cut a request that is being answered
+            self._close()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue
+
+
+def _internal(task: asyncio.Task[Reply]) -> Reply:
+    if not task.cancelled():
+        log.error("metadata request failed", error=repr(task.exception()))
+    return Reply(500, b"internal error\n")
+
+
+class FastServer:
+    """``async with FastServer(core, host, port, grace):`` serves until the block exits;
+    exit stops accepting, lets in-flight requests finish within ``grace``, then closes."""
+
+    def __init__(self, core: MetadataCore, host: str, port: int, grace: float,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+        self._core, self._host, self._port, self._grace = core, host, port, grace
+        self.keepalive_timeout = keepalive_timeout
+        self._server: asyncio.Server | None = None
+        self.connections: set[MetadataProtocol] = set()
+        self._tasks: set[asyncio.Task[Reply]] = set()
+        self.closing = False
+
+    def track(self, task: asyncio.Task[Reply]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def __aenter__(self) -> FastServer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: MetadataProtocol(self._core, self), self._host,
+                                                self._port, reuse_address=True)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Idempotent staged stop."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        self.closing = True  # replies from now on carry Connection: close
+        server.close()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn._close()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._grace)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self.connections):
+            conn._close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        sockets: Any = self._server.sockets
+        return int(sockets[0].getsockname()[1])
