@@ -286,7 +286,8 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSe
 @click.argument("pod", required=False)
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of POD.")
 @click.option("--ip", help="Explain the pod with this IP instead of naming it (what the agent sees).")
-@click.option("--node", envvar=["PODIAM_NODE", "NODE_NAME"], default=None, help="Shown in the report only.")
+@click.option("--node", envvar=["PODIAM_NODE", "NODE_NAME"], default=None,
+              help="Explain as the agent on this node would: pods elsewhere are never its to serve.")
 @click.option("--assume", is_flag=True, help="Also make the AssumeRole call and report the result.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_policy_options
@@ -298,6 +299,8 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
     """
     if (pod is None) == (ip is None):
         raise click.UsageError("name a POD or give --ip, not both")
+    if assume and _region(os.environ) is None:
+        raise click.UsageError("--assume needs a region: set AWS_REGION (or AWS_DEFAULT_REGION)")
     try:
         settings = ExplainSettings(
             kube=KubeSettings(node_name=node or "", kubeconfig=flags["kubeconfig"]),

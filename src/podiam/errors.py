@@ -12,6 +12,7 @@ commands) are mapped onto it at the module that talks to the dependency, with
     │   ├── NoRoleError             the pod has no role annotation and there is no default role
     │   ├── InvalidRoleError        the annotation is not a valid role name or ARN
     │   ├── RoleForbidden           the pod's namespace does not permit its role
+    │   │   └── NamespaceNotKnown   ...or is not known to the agent yet (transient)
     │   └── RoleMismatch            the pod asked for a role other than its own
     ├── CredentialsError            STS did not give credentials
     │   ├── StsCallFailed           STS answered with an error (code kept: AccessDenied, ...)
@@ -61,6 +62,10 @@ class InvalidRoleError(IdentityError):
 
 class RoleForbidden(IdentityError):
     """Namespace restrictions do not permit the pod's role (or cannot be read: fail closed)."""
+
+
+class NamespaceNotKnown(RoleForbidden):
+    """The pod's namespace has not reached the agent's namespace watch yet; passes by itself."""
 
 
 class RoleMismatch(IdentityError):

@@ -72,11 +72,12 @@ class Explanation:
         lines = [f"target      {self.target}"]
         if self.pod:
             p = self.pod
-            lines.append(f"pod         {p['namespace']}/{p['name']} (IP {p['ip'] or 'none'}, phase {p['phase']}, "
-                         f"service account {p['service_account']})")
+            lines.append(f"pod         {p['namespace']}/{p['name']} (IP {p['ip'] or 'none'}, node {p['node']}, "
+                         f"phase {p['phase']}, service account {p['service_account']})")
             lines.append(f"annotations {json.dumps(p['annotations'])}")
         if self.role_arn:
-            lines.append(f"role        {self.role_arn} (session {self.session_name})")
+            session = f" (session {self.session_name})" if self.session_name else ""
+            lines.append(f"role        {self.role_arn}{session}")
         lines.append("")
         lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.check}: {c.detail}" for c in self.checks]
         verdict = "gets credentials" if self.gets_credentials else "gets no credentials"
@@ -85,7 +86,8 @@ class Explanation:
 
 
 def _describe(pod: PodInfo) -> dict[str, Any]:
-    return {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "ip": pod.ip, "phase": pod.phase,
+    return {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "ip": pod.ip, "node": pod.node,
+            "phase": pod.phase,
             "host_network": pod.host_network, "deleting": pod.deleting,
             "service_account": pod.service_account, "annotations": dict(pod.annotations)}
 
@@ -96,15 +98,19 @@ async def explain(settings: ExplainSettings, *, namespace: str, name: str | None
     result = Explanation(target=f"{namespace}/{name}" if name else f"IP {ip}")
     client = make_client(settings.kube)
     try:
-        pod = await _find(client, result, namespace=namespace, name=name, ip=ip)
+        pod = await _find(client, result, namespace=namespace, name=name, ip=ip, node=settings.kube.node_name)
         if pod is None:
             return result
         base_arn = await _base_arn(settings, result)
         policy = RolePolicy.from_settings(settings.roles, base_arn, settings.restrictions)
+        node = settings.kube.node_name
+        if node and pod.node != node:
+            result.failed("pod", PodNotFound(f"pod {pod.ref} runs on node {pod.node or '(none yet)'}, not {node}: "
+                                             f"the agent on {node} never serves it"))
+            return result
         if not pod.active:
             return _inactive(result, pod, policy)
-        result.passed("pod", f"running with IP {pod.ip}" + (f" on node {settings.kube.node_name}"
-                                                              if settings.kube.node_name else ""))
+        result.passed("pod", f"running with IP {pod.ip} on node {pod.node}")
         rules = None
         if settings.restrictions.enabled:
             annotations = await namespace_annotations(client, pod.namespace)
@@ -127,7 +133,7 @@ async def explain(settings: ExplainSettings, *, namespace: str, name: str | None
 
 
 async def _find(client: Any, result: Explanation, *, namespace: str, name: str | None,
-                ip: str | None) -> PodInfo | None:
+                ip: str | None, node: str) -> PodInfo | None:
     if name is not None:
         pod = await pod_by_name(client, namespace, name)
         if pod is None:
@@ -136,7 +142,8 @@ async def _find(client: Any, result: Explanation, *, namespace: str, name: str |
             result.pod = _describe(pod)
         return pod
     assert ip is not None
-    candidates = await pods_by_ip(client, ip)
+    # Like the agent, which knows only its own node's pods (when --node says which).
+    candidates = [p for p in await pods_by_ip(client, ip) if not node or p.node == node]
     active = [p for p in candidates if p.active]
     if len(active) > 1:
         refs = ", ".join(sorted(p.ref for p in active))
@@ -186,10 +193,7 @@ async def _base_arn(settings: ExplainSettings, result: Explanation) -> str | Non
 
 
 async def _assume(settings: ExplainSettings, result: Explanation, identity: Identity) -> None:
-    if settings.region is None:
-        result.checks.append(Check("AssumeRole", False, "no region: set AWS_REGION"))
-        result.status, result.answer = 0, "not tried"
-        return
+    assert settings.region is not None  # the CLI refuses --assume without a region
     try:
         async with StsAssumer(settings.region, settings.sts, Metrics()) as assumer:
             creds = await assumer.assume(identity)

@@ -29,6 +29,8 @@ class PodInfo:
     """metadata.deletionTimestamp is set."""
     service_account: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    node: str | None = None
+    """spec.nodeName: the node the pod is bound to."""
 
     @property
     def ref(self) -> str:

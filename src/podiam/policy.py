@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from podiam.credentials import Identity
-from podiam.errors import ConfigError, InvalidRoleError, NoRoleError, RoleForbidden
+from podiam.errors import ConfigError, InvalidRoleError, NamespaceNotKnown, NoRoleError, RoleForbidden
 from podiam.pods import PodInfo
 from podiam.settings import RestrictionSettings, RoleSettings
 
@@ -228,7 +228,7 @@ class RolePolicy:
         elif is_default and self.restrictions.default_role_bypasses:
             passed.append("the default role bypasses namespace restrictions (--default-role-bypasses-restrictions)")
         elif namespace is None:
-            raise RoleForbidden(f"namespace {pod.namespace} of pod {pod.ref} is not known to the agent")
+            raise NamespaceNotKnown(f"namespace {pod.namespace} of pod {pod.ref} is not known to the agent yet")
         else:
             try:
                 passed.append(namespace.check(arn))

@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 
 from podiam.credentials import Identity
-from podiam.errors import ConfigError, NodeMetadataError, PodiamError
+from podiam.errors import ConfigError, NodeMetadataError, NoRoleError, PodiamError
 from podiam.imds.app import EventSink, ImdsDeps, NoEvents, event_reason, make_app
 from podiam.imds.core import MetadataCore
 from podiam.imds.fast_server import FastServer
@@ -72,7 +72,9 @@ class PrefetchWhenIndexed:
             self._cache.prefetch(entry.identity)
         elif entry.problem is not None:
             # Told to the pod's owner when it is decided, not only when the pod first asks.
-            log.warning("pod cannot be served", pod=entry.pod.ref, reason=str(entry.problem))
+            # A pod without a role is normal: no warning for it.
+            (log.debug if isinstance(entry.problem, NoRoleError) else log.warning)(
+                "pod cannot be served", pod=entry.pod.ref, reason=str(entry.problem))
             reason = event_reason(entry.problem)
             if reason is not None:
                 self._metrics.policy_denials.labels(reason).inc()

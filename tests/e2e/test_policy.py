@@ -232,6 +232,9 @@ async def test_explain_reports_missing_and_unannotated_pods(world: World) -> Non
     assert "no iam.amazonaws.com/role annotation" in text
     code, _ = await world.explain("--default-role", "fallback", "-n", "team-x", plain.name)
     assert code == 0
+    code, text = await world.explain("--default-role", "fallback", "--node", "node-2", "-n", "team-x", plain.name)
+    assert code == 1
+    assert f"runs on node {world.node_name}, not node-2" in text
 
 
 async def test_an_sts_outage_is_a_gateway_error_and_an_event_on_the_pod(world: World, start: Start) -> None:

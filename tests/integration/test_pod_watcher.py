@@ -65,7 +65,7 @@ class Setup:
         return sorted(e.pod.name for e in self.index.entries())
 
     def restarts(self, reason: str) -> float:
-        return float(self.metrics.watch_restarts.labels(reason)._value.get())
+        return float(self.metrics.watch_restarts.labels("pod", reason)._value.get())
 
     async def until(self, check: Callable[[], bool], what: str) -> None:
         try:

@@ -291,3 +291,17 @@ def test_host_network_identity() -> None:
     host = RolePolicy.from_settings(RoleSettings(host_network_role="node-agent"), BASE).host_identity("node-1")
     assert host is not None
     assert (host.role_arn, host.session_name) == (BASE + "node-agent", "hostnetwork.node-1")
+
+
+@given(role_names, st.text(alphabet="xyz-", max_size=6))
+def test_kiam_regexps_are_anchored_at_both_ends(name: str, suffix: str) -> None:
+    exact = rules({"iam.amazonaws.com/permitted": re.escape(BASE + name)})
+    assert allowed(exact, BASE + name)
+    assert allowed(exact, BASE + name + suffix) is (suffix == "")
+
+
+@given(role_names, st.text(alphabet="xyz-", max_size=6))
+def test_kube2iam_regexps_match_anywhere_after_the_base_arn(name: str, suffix: str) -> None:
+    r = rules({"iam.amazonaws.com/allowed-roles": json.dumps([re.escape(name)])}, "regexp")
+    assert allowed(r, BASE + name + suffix)  # unanchored, as kube2iam's regexp.MatchString
+    assert not allowed(r, "arn:aws:iam::999999999999:role/" + name)  # the base ARN is part of the pattern

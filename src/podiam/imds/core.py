@@ -33,6 +33,7 @@ from podiam.errors import (
     HostNetworkCaller,
     IdentityError,
     InvalidRoleError,
+    NamespaceNotKnown,
     NodeMetadataError,
     NoRoleError,
     PodAmbiguous,
@@ -88,6 +89,8 @@ def status_for(error: Exception) -> int:
 
 def event_reason(error: PodiamError) -> str | None:
     """The Warning event reason for a refusal, or None when the pod's owner has nothing to fix."""
+    if isinstance(error, NamespaceNotKnown):
+        return None  # the namespace watch catches up by itself; an event would mislead
     if isinstance(error, RoleForbidden | RoleMismatch):
         return "IAMRoleForbidden"
     if isinstance(error, InvalidRoleError):

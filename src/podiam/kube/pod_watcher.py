@@ -31,6 +31,7 @@ def pod_info(pod: Pod) -> PodInfo:
         deleting=meta.deletionTimestamp is not None,
         service_account=spec.serviceAccountName if spec else None,
         annotations=dict(meta.annotations or {}),
+        node=spec.nodeName if spec else None,
     )
 
 

@@ -87,7 +87,7 @@ class ListWatcher:
                     version, failures = seen, 0
             except WatchGone:
                 log.info("%s watch: resourceVersion %s expired (410 Gone); re-listing", self._what, version)
-                self._metrics.watch_restarts.labels("relist").inc()
+                self._metrics.watch_restarts.labels(self._resource.__name__.lower(), "relist").inc()
                 version = None
             except Exception as e:
                 # Expected: httpx errors, timeouts, OSError; ValueError for a malformed object or
@@ -96,7 +96,7 @@ class ListWatcher:
                 delay = min(self._settings.watch_retry_max, 0.1 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("%s watch interrupted (%s: %s); resuming from %s in %.1fs",
                             self._what, type(e).__name__, e, version or "a fresh list", delay)
-                self._metrics.watch_restarts.labels("resume").inc()
+                self._metrics.watch_restarts.labels(self._resource.__name__.lower(), "resume").inc()
                 await asyncio.sleep(delay)
 
     async def _relist(self) -> str:

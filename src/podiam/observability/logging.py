@@ -17,6 +17,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 # Libraries that are chatty at INFO about things an operator does not act on.
 _QUIET = {"botocore": logging.WARNING, "aiobotocore": logging.WARNING, "httpx": logging.WARNING,
+          "httpx2": logging.WARNING,  # lightkube 1.x's client logs every API call at info
           "aiohttp.access": logging.WARNING}
 
 

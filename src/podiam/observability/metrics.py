@@ -71,9 +71,9 @@ class Metrics:
             registry=r,
         )
         self.watch_restarts = Counter(
-            "podiam_pod_watch_restarts_total",
-            "Times the pod watch was re-established, by reason (resume, relist).",
-            ["reason"],
+            "podiam_watch_restarts_total",
+            "Times a watch (pods, namespaces) was re-established, by resource and reason (resume, relist).",
+            ["resource", "reason"],
             registry=r,
         )
         self.refusals = Counter(
