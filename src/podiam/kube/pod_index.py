@@ -10,6 +10,7 @@ Policy runs when a pod changes, not per request: a lookup is two dict reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -37,6 +38,8 @@ class PodIndex:
         """Pod traffic arrives through DNAT with the pod's address; loopback is only ever the node."""
         self._host_network: dict[str, str] = {}
         """hostNetwork pod uid -> its IP, which is one of the node's own addresses."""
+        self._host_ips = self._static_host_ips
+        """All of them, as one set: the request path checks every caller against it."""
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listeners: list[IndexListener] = []
         self.synced = asyncio.Event()
@@ -61,6 +64,7 @@ class PodIndex:
         """Make the index exactly ``pods`` (after a full list): entries not listed are gone."""
         listed = {pod.uid: pod for pod in pods}
         self._host_network = {uid: ip for uid, ip in self._host_network.items() if uid in listed}
+        self._host_ips = self._static_host_ips | frozenset(self._host_network.values())
         for uid in [uid for uid in self._by_uid if uid not in listed]:
             self._drop(uid)
         for pod in listed.values():
@@ -91,7 +95,7 @@ class PodIndex:
 
     def delete(self, pod: PodInfo) -> None:
         """Apply a DELETED pod."""
-        self._host_network.pop(pod.uid, None)
+        self._note_host_network(dataclasses.replace(pod, host_network=False))
         self._drop(pod.uid)
 
     def decide_again(self, namespace: str) -> None:
@@ -101,15 +105,18 @@ class PodIndex:
 
     def is_host_ip(self, ip: str) -> bool:
         """Whether ``ip`` is the node's own: configured, loopback, or a hostNetwork pod's IP."""
-        if ip in self._static_host_ips or ip in self._host_network.values():
+        if ip in self._host_ips:
             return True
         return self._loopback_is_host and (ip.startswith("127.") or ip == "::1")
 
     def _note_host_network(self, pod: PodInfo) -> None:
+        before = self._host_network.get(pod.uid)
         if pod.host_network and pod.ip and not pod.deleting:
             self._host_network[pod.uid] = pod.ip
         else:
             self._host_network.pop(pod.uid, None)
+        if self._host_network.get(pod.uid) != before:
+            self._host_ips = self._static_host_ips | frozenset(self._host_network.values())
 
     # -- lookups, from the metadata endpoint ---------------------------------------------
 
