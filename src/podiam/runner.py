@@ -2,9 +2,10 @@
 The agent's life: start in dependency order, serve until a signal or a root task ends,
 then stop in stages.
 
-Start: node discovery (region, base ARN) -> STS client and cache -> pod index, fed by the
-pod watcher -> the metadata and operator endpoints -> the iptables rule, last, so the rule
-never sends a pod to a port nobody listens on.
+Start: node discovery (region, base ARN) -> STS client and cache -> event recorder -> pod
+index, fed by the pod watcher (after the namespace watcher's first list, when namespace
+restrictions are on) -> the metadata and operator endpoints -> the iptables rule, last, so
+the rule never sends a pod to a port nobody listens on.
 
 Stop (SIGTERM/SIGINT only set a flag, from the first moment of start-up): not ready -> the
 metadata endpoint stops accepting and in-flight requests finish (up to --shutdown-grace)
