@@ -7,10 +7,12 @@ Warning events on refused pods, the per-pod rate limit, and the audit trail; and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -42,9 +44,15 @@ async def status(pod: WorldPod, path: str = CREDS) -> int:
     return (await pod.http("GET", path)).status
 
 
-async def explain_json(world: World, *args: str) -> tuple[int, dict[str, object]]:
-    code, out = await world.explain("--output", "json", *args)
-    return code, json.loads(out)
+async def explain(world: World, *args: str) -> tuple[int, str, dict[str, Any]]:
+    """`podiam explain` in text and in JSON; the two must agree on the answer."""
+    (code, text), (json_code, out) = await asyncio.gather(world.explain(*args),
+                                                          world.explain("--output", "json", *args))
+    doc = json.loads(out)
+    assert code == json_code, (text, doc)
+    assert f"answer      {doc['status']}: " in text, (text, doc)
+    assert doc["gets_credentials"] is (code == 0)
+    return code, text, doc
 
 
 async def has_event(world: World, pod: WorldPod, reason: str) -> bool:
@@ -66,11 +74,11 @@ async def test_kube2iam_globs_permit_and_refuse_with_an_event(world: World, star
     assert "admin" in (event.message or "")
     assert not await world.pod_events(good)
 
-    code, text = await world.explain(*RESTRICTED, "-n", "glob-ns", "good")
+    code, text, _ = await explain(world, *RESTRICTED, "-n", "glob-ns", "good")
     assert code == 0, text
     assert "ok    policy: namespace glob-ns allows 'app-*'" in text
     assert "answer      200: credentials for" in text
-    code, doc = await explain_json(world, *RESTRICTED, "-n", "glob-ns", "bad")
+    code, _, doc = await explain(world, *RESTRICTED, "-n", "glob-ns", "bad")
     assert code == 1
     assert doc["status"] == 403
     assert doc["gets_credentials"] is False
@@ -89,8 +97,9 @@ async def test_kube2iam_regexp_format(world: World, start: Start) -> None:
     assert await status(a) == 200
     assert await status(c) == 403
     flags = (*RESTRICTED, "--namespace-restriction-format", "regexp", "-n", "regexp-ns")
-    assert (await world.explain(*flags, "a"))[0] == 0
-    assert (await world.explain(*flags, "c"))[0] == 1
+    assert (await explain(world, *flags, "a"))[0] == 0
+    code, _, doc = await explain(world, *flags, "c")
+    assert (code, doc["status"]) == (1, 403)
 
 
 async def test_kiam_permitted_regexp(world: World, start: Start) -> None:
@@ -100,7 +109,7 @@ async def test_kiam_permitted_regexp(world: World, start: Start) -> None:
     no = await world.add_pod("no", "kiam-ns", role="reader")
     assert await ok.cli_caller_arn() == f"arn:aws:sts::{ACCOUNT}:assumed-role/kiam-reader/kiam-ns.ok"
     assert await status(no) == 403
-    code, text = await world.explain(*RESTRICTED, "--ip", ok.ip)
+    code, text, _ = await explain(world, *RESTRICTED, "--ip", ok.ip)
     assert code == 0
     assert "permits /.*:role/kiam-.*/" in text
 
@@ -135,7 +144,7 @@ async def test_a_malformed_namespace_annotation_permits_nothing_and_says_so(worl
     assert b"malformed" in resp.body
     await wait_until(lambda: has_event(world, pod, "IAMRoleForbidden"), what="the event on the pod")
     assert "podiam_namespace_annotation_errors 1.0" in await agent.metrics()
-    code, text = await world.explain(*RESTRICTED, "-n", "broken-ns", "app")
+    code, text, _ = await explain(world, *RESTRICTED, "-n", "broken-ns", "app")
     assert code == 1
     assert "FAIL  policy:" in text
     assert "malformed" in text
@@ -159,7 +168,7 @@ async def test_the_nodes_own_network_is_refused_or_gets_the_host_network_role(wo
             assert json.loads(await resp.text())["Code"] == "Success"
     # A hostNetwork pod object is never served through its (the node's) IP.
     host_pod = await world.add_pod("daemon", "kube-system", role="whatever", host_network=True)
-    code, text = await world.explain("-n", "kube-system", host_pod.name)
+    code, text, _ = await explain(world, "-n", "kube-system", host_pod.name)
     assert code == 1
     assert "hostNetwork" in text
 
@@ -214,7 +223,7 @@ async def test_the_audit_log_has_one_record_per_issuance_and_no_secret(
 
 async def test_explain_with_assume_makes_the_sts_call(world: World) -> None:
     pod = await world.add_pod("assumer", "team-x", role="x-role", register=True)
-    code, doc = await explain_json(world, "-n", "team-x", pod.name, "--assume")
+    code, _, doc = await explain(world, "-n", "team-x", pod.name, "--assume")
     assert code == 0, doc
     checks = doc["checks"]
     assert isinstance(checks, list)
@@ -224,15 +233,16 @@ async def test_explain_with_assume_makes_the_sts_call(world: World) -> None:
 
 
 async def test_explain_reports_missing_and_unannotated_pods(world: World) -> None:
-    code, doc = await explain_json(world, "-n", "nowhere", "ghost")
+    code, _, doc = await explain(world, "-n", "nowhere", "ghost")
     assert (code, doc["status"]) == (1, 404)
     plain = await world.add_pod("plain", "team-x")
-    code, text = await world.explain("-n", "team-x", plain.name)
+    code, text, _ = await explain(world, "-n", "team-x", plain.name)
     assert code == 1
     assert "no iam.amazonaws.com/role annotation" in text
-    code, _ = await world.explain("--default-role", "fallback", "-n", "team-x", plain.name)
+    code, _, _ = await explain(world, "--default-role", "fallback", "-n", "team-x", plain.name)
     assert code == 0
-    code, text = await world.explain("--default-role", "fallback", "--node", "node-2", "-n", "team-x", plain.name)
+    code, text, _ = await explain(world, "--default-role", "fallback", "--node", "node-2", "-n", "team-x",
+                                  plain.name)
     assert code == 1
     assert f"runs on node {world.node_name}, not node-2" in text
 
