@@ -174,7 +174,7 @@ async def test_the_nodes_own_network_is_refused_or_gets_the_host_network_role(wo
 
 
 async def test_a_pod_beyond_its_rate_limit_gets_429(world: World, start: Start) -> None:
-    await start("--pod-rate-limit", "2")
+    agent = await start("--pod-rate-limit", "2")
     pod = await world.add_pod("chatty", "team-r", role="chatty")
     script = (
         "import http.client, json\n"
@@ -193,6 +193,8 @@ async def test_a_pod_beyond_its_rate_limit_gets_429(world: World, start: Start) 
     limited = [a for a in answers if a[0] == 429]
     assert limited
     assert all(int(retry) >= 1 for _, retry in limited)
+    # One log line for the burst, however many 429s: a flood does not flood the log.
+    assert agent.logs().count("reason=rate_limited") == 1
 
 
 async def test_the_audit_log_has_one_record_per_issuance_and_no_secret(

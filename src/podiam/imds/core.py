@@ -229,6 +229,9 @@ def _role_list(role_name: str) -> Reply:
 
 Answer = Reply | Coroutine[Any, Any, Reply]
 
+RATE_LIMIT_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about one rate-limited caller; the metric counts every 429."""
+
 MAX_RENDERED = 8192
 """Rendered credential replies kept; one per set of credentials in use, so far above need."""
 
@@ -240,6 +243,8 @@ class MetadataCore:
         """Labelled histogram children, resolved once per (route, status) rather than per request."""
         self._credential_replies: dict[str, tuple[Credentials, Reply]] = {}
         """access key id -> the rendered Reply for those credentials."""
+        self._rate_limit_logged: dict[str, float] = {}
+        """caller -> when its last 429 was logged (monotonic seconds)."""
 
     def answer(self, req: Request) -> Answer:
         """The Reply, or a coroutine that produces it when something must be waited for."""
@@ -370,10 +375,20 @@ class MetadataCore:
 
     def _refused(self, req: Request, r: _Refusal) -> Reply:
         self._d.metrics.refusals.labels(r.reason).inc()
-        # Paths are the caller's: bounded in the log, as a hostile pod chooses them.
-        log.info("request refused", client=req.ip, path=req.path[:200], status=r.status, reason=r.reason,
-                 detail=str(r)[:500])
+        if r.status != 429 or self._first_429_in_a_while(req.ip):  # a flood must not flood the log
+            # Paths are the caller's: bounded in the log, as a hostile pod chooses them.
+            log.info("request refused", client=req.ip, path=req.path[:200], status=r.status, reason=r.reason,
+                     detail=str(r)[:500])
         return _text(r.status, str(r) + "\n", r.headers)
+
+    def _first_429_in_a_while(self, ip: str) -> bool:
+        now = time.monotonic()
+        if now - self._rate_limit_logged.get(ip, -RATE_LIMIT_LOG_INTERVAL) < RATE_LIMIT_LOG_INTERVAL:
+            return False
+        if len(self._rate_limit_logged) >= MAX_RENDERED:
+            self._rate_limit_logged.clear()
+        self._rate_limit_logged[ip] = now
+        return True
 
     def _observe(self, route: Route, status: int, started: float) -> None:
         child = self._latency.get((route, status))
