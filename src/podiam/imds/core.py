@@ -59,6 +59,9 @@ request_log = logging.getLogger("podiam.imds.requests")
 
 TOKEN_HEADER = "x-aws-ec2-metadata-token"  # noqa: S105 - a header name
 TTL_HEADER = "x-aws-ec2-metadata-token-ttl-seconds"
+FORWARDED_HEADER = "x-forwarded-for"
+WANTED_HEADERS = (TOKEN_HEADER, TTL_HEADER, FORWARDED_HEADER)
+"""Every request header the endpoint reads (servers may keep only these)."""
 TEXT_PLAIN = "text/plain"
 
 _STATUS_BY_ERROR: tuple[tuple[type[PodiamError], int, str], ...] = (
@@ -100,13 +103,17 @@ def event_reason(error: PodiamError) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
 class Request:
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    """Looked up by lower-case name."""
-    ip: str
+    """One request as the core sees it. A slots class: one is built per request."""
+
+    __slots__ = ("headers", "ip", "method", "path")
+
+    def __init__(self, method: str, path: str, headers: Mapping[str, str], ip: str) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        """Looked up by lower-case name."""
+        self.ip = ip
 
 
 @dataclass(frozen=True)
@@ -321,7 +328,7 @@ class MetadataCore:
     def _issue_token(self, req: Request) -> Reply:
         if req.method != "PUT":
             raise _Refusal(405, "method", "the token endpoint takes PUT only")
-        if "x-forwarded-for" in req.headers:
+        if FORWARDED_HEADER in req.headers:
             # As real IMDS: a token request relayed by a proxy is refused (SSRF guard).
             raise _Refusal(403, "forwarded_token_request", "token requests through a proxy are refused")
         ttl = parse_ttl(req.headers.get(TTL_HEADER))

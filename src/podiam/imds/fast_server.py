@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import httptools
 import structlog
 
-from podiam.imds.core import MetadataCore, Reply, Request
+from podiam.imds.core import WANTED_HEADERS, MetadataCore, Reply, Request
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -38,6 +38,8 @@ KEEPALIVE_TIMEOUT = 60.0
 """Seconds a connection may sit idle, or between a request's first byte and its end."""
 
 _CLOSE = b"Connection: close\r\n"
+_WANTED = {name.encode(): name for name in WANTED_HEADERS}
+"""The only headers the endpoint reads; the others are counted against the bounds, not decoded."""
 _BAD_REQUEST = Reply(400, b"malformed HTTP request\n")
 _TOO_LARGE = Reply(413, b"request too large\n")
 _TOO_LONG_URL = Reply(414, b"URL too long\n")
@@ -61,12 +63,15 @@ class MetadataProtocol(asyncio.Protocol):
         self._url = bytearray()
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
+        self._header_count = 0
         self._body = 0
         self._queue: collections.deque[tuple[Reply | asyncio.Task[Reply], bool, bool]] = collections.deque()
         """Replies (or tasks making them) in request order, with (head only, keep alive)."""
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._rejection: Reply | None = None
+        self._last_reply = self._loop.time()
+        """When the connection last answered (or opened): an idle timer measures from here."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -100,6 +105,7 @@ class MetadataProtocol(asyncio.Protocol):
         self._url.clear()
         self._headers = {}
         self._header_bytes = 0
+        self._header_count = 0
         self._body = 0
 
     def on_url(self, url: bytes) -> None:
@@ -109,9 +115,12 @@ class MetadataProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if len(self._headers) >= MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
             self._reject(_TOO_LARGE)
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        wanted = _WANTED.get(name.lower())
+        if wanted is not None:
+            self._headers[wanted] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._body += len(body)
@@ -120,10 +129,14 @@ class MetadataProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode("latin-1")
-        try:
-            path = unquote(httptools.parse_url(bytes(self._url)).path.decode("latin-1"), errors="strict")
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            self._reject(_BAD_REQUEST)
+        url = bytes(self._url)
+        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+            path = url.decode("latin-1")  # what SDKs send: nothing to parse or unquote
+        else:
+            try:
+                path = unquote(httptools.parse_url(url).path.decode("latin-1"), errors="strict")
+            except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+                self._reject(_BAD_REQUEST)
         keep_alive = self._parser.should_keep_alive() and not self._server.closing
         answer = self._core.answer(Request(method, path, self._headers, self._ip))
         head_only = method == "HEAD"
@@ -169,8 +182,8 @@ class MetadataProtocol(asyncio.Protocol):
                             + (b"" if head_only else reply.body))
         if not keep_alive:
             self._close()
-        elif not self._queue:
-            self._arm_timer()
+        else:
+            self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
 
     def _fail(self, reply: Reply) -> None:
         self._queue.clear()
@@ -181,14 +194,20 @@ class MetadataProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(self._server.keepalive_timeout, self._idle)
+    def _arm_timer(self, delay: float | None = None) -> None:
+        self._timer = self._loop.call_later(
+            self._server.keepalive_timeout if delay is None else delay, self._idle)
 
     def _idle(self) -> None:
-        if not self._queue:  # never cut a request that is being answered
+        """Close a connection that has been quiet, or stuck mid-request, for the whole timeout."""
+        if self._queue:  # never cut a request that is being answered
+            self._arm_timer()
+            return
+        quiet_for = self._loop.time() - self._last_reply
+        if quiet_for >= self._server.keepalive_timeout:
             self._close()
+        else:
+            self._arm_timer(self._server.keepalive_timeout - quiet_for)
 
     @property
     def idle(self) -> bool:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 MIN_TTL = 1
 MAX_TTL = 21600
+MAX_REMEMBERED = 8192
+"""Validated tokens remembered; an SDK uses one token for the two or three requests of a refresh."""
 _MAC_LEN = 16
 _EXPIRY = struct.Struct(">I")
 
@@ -29,6 +31,8 @@ class TokenIssuer:
     def __init__(self, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
         self._key = key or os.urandom(32)
         self._clock = clock
+        self._valid: dict[str, tuple[str, int]] = {}
+        """token -> (IP, expiry) of tokens whose MAC was checked: the hot path skips the HMAC."""
 
     def issue(self, ip: str, ttl: int) -> str:
         """A token valid for ``ttl`` seconds, from ``ip`` only. ``ttl`` must be in 1..21600."""
@@ -39,16 +43,31 @@ class TokenIssuer:
 
     def valid(self, token: str, ip: str) -> bool:
         """Whether ``token`` was issued by this process to ``ip`` and has not expired."""
+        known = self._valid.get(token)
+        if known is not None:
+            return known[0] == ip and self._clock() < known[1]
+        expiry = self._verify(token, ip)
+        if expiry is None:
+            return False
+        if len(self._valid) >= MAX_REMEMBERED:
+            self._valid.clear()  # mostly expired or abandoned tokens; live ones re-verify once
+        self._valid[token] = (ip, expiry)
+        return self._clock() < expiry
+
+    def _verify(self, token: str, ip: str) -> int | None:
+        """The expiry sealed in ``token`` if its MAC is ours and it names ``ip``; else None."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             packed_ip = ipaddress.ip_address(ip).packed
         except ValueError:
-            return False
+            return None
         body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
         if len(body) != _EXPIRY.size + len(packed_ip) or not hmac.compare_digest(mac, self._mac(body)):
-            return False
+            return None
+        if body[_EXPIRY.size:] != packed_ip:
+            return None
         (expiry,) = _EXPIRY.unpack_from(body)
-        return body[_EXPIRY.size:] == packed_ip and self._clock() < expiry
+        return int(expiry)
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_LEN]
