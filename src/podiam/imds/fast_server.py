@@ -34,6 +34,8 @@ MAX_URL = 4096
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 16384
 MAX_BODY = 4096
+LISTEN_BACKLOG = 1024
+"""A node's pods starting at once connect at once; asyncio's default of 100 overflowed at 1,000."""
 KEEPALIVE_TIMEOUT = 60.0
 """Seconds a connection may sit idle, or between a request's first byte and its end."""
 
@@ -240,7 +242,7 @@ class FastServer:
     async def __aenter__(self) -> FastServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: MetadataProtocol(self._core, self), self._host,
-                                                self._port, reuse_address=True)
+                                                self._port, reuse_address=True, backlog=LISTEN_BACKLOG)
         return self
 
     async def __aexit__(

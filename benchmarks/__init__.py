@@ -1,0 +1,1 @@
+"""podiam's benchmark suite: see benchmarks/README.md."""

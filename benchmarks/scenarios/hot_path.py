@@ -1,0 +1,158 @@
+"""
+1. Hot path vs the limit: cached credential GETs, as an SDK sends them, with wrk from a
+pod's network namespace, against the agent and against nginx (one worker) serving the
+same bytes as a static file, side by side in one run: through the DNAT path (the target
+measurement) and directly to each server's port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from benchmarks.common import ScenarioResult, Target, agent_has_flag, cpu_seconds, pairwise
+from benchmarks.http_load import dnat_rule, nginx_serving, wrk
+from benchmarks.node import bench_world, start_agent
+from benchmarks.profiles import Context
+from podiam.sandbox.world import World, WorldPod, free_port
+
+KEY = "hot_path"
+TITLE = "1. Hot path vs the limit (cached credential GET, wrk, agent vs nginx)"
+ROLE = "bench-role"
+CREDS = "/latest/meta-data/iam/security-credentials/"
+NGINX_METADATA_PORT = 81
+"""The pod reaches nginx at 169.254.169.254:81, DNAT'ed like the agent's :80."""
+AIOHTTP_METADATA_PORT = 82
+"""... and the agent on its aiohttp server (``--http-server aiohttp``) at :82."""
+
+
+async def run(ctx: Context, result: ScenarioResult) -> None:
+    async with bench_world() as world:
+        await _run(world, ctx, result)
+
+
+async def _token(pod: WorldPod, port: int) -> str:
+    resp = await pod.net.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
+                              port=port)
+    if resp.status != 200:
+        raise RuntimeError(f"the token request answered {resp.status}: {resp.body[:300]!r}")
+    return resp.body.decode()
+
+
+async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
+    p = ctx.profile
+    flags = ["--log-level", "warning"]
+    if await agent_has_flag("--pod-rate-limit"):
+        flags += ["--pod-rate-limit", "0"]
+    else:
+        result.simplifications.append("`podiam agent` has no --pod-rate-limit flag: run without it.")
+    agent = await start_agent(world, *flags)
+    result.command(agent.process.argv)
+    pod = await world.add_pod("wrk", "bench", role=ROLE)
+    path = CREDS + ROLE
+    token = await _token(pod, 80)
+    creds = await pod.http("GET", path, {"X-aws-ec2-metadata-token": token})
+    if creds.status != 200:
+        raise RuntimeError(f"the agent answered {creds.status}: {creds.body[:300]!r}")
+    gateway = world.net.gateway_ip
+    nginx_port = free_port(gateway)
+    async with contextlib.AsyncExitStack() as stack:
+        nginx = await stack.enter_async_context(
+            nginx_serving(creds.body, path, host=gateway, port=nginx_port, workdir=ctx.workdir, result=result))
+        await stack.enter_async_context(
+            dnat_rule(world.net.bridge_name, NGINX_METADATA_PORT, host=gateway, port=nginx_port, result=result))
+        # name -> (server pid, URL, token); tokens are per agent process (HMAC key), nginx ignores them.
+        targets = {
+            "agent_dnat": (agent.pid, f"http://169.254.169.254{path}", token),
+            "nginx_dnat": (nginx.pid, f"http://169.254.169.254:{NGINX_METADATA_PORT}{path}", token),
+        }
+        if await agent_has_flag("--http-server"):
+            # The same agent on its other HTTP server, side by side: a second agent process on this
+            # node (it watches and prefetches too), reached through its own DNAT rule.
+            other = await start_agent(world, *flags, "--http-server", "aiohttp", iptables=False)
+            result.command(other.process.argv)
+            await stack.enter_async_context(
+                dnat_rule(world.net.bridge_name, AIOHTTP_METADATA_PORT, host=gateway, port=other.app_port,
+                          result=result))
+            other_token = await _token(pod, AIOHTTP_METADATA_PORT)
+            targets["agent_aiohttp_dnat"] = (other.pid, f"http://169.254.169.254:{AIOHTTP_METADATA_PORT}{path}",
+                                             other_token)
+            targets["agent_aiohttp_direct"] = (other.pid, f"http://{gateway}:{other.app_port}{path}", other_token)
+        targets["agent_direct"] = (agent.pid, f"http://{gateway}:{agent.app_port}{path}", token)
+        targets["nginx_direct"] = (nginx.pid, f"http://{gateway}:{nginx_port}{path}", token)
+
+        async def load(url: str, token: str, seconds: float) -> dict[str, float]:
+            return await wrk(pod.net.netns, url, token, threads=p.wrk_threads, connections=p.wrk_connections,
+                             seconds=seconds, workdir=ctx.workdir, result=result)
+
+        for _, url, tok in targets.values() if p.wrk_warmup else ():  # warm-up: first-use paths, caches
+            await load(url, tok, p.wrk_warmup)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for _ in range(p.runs):
+            for name, (pid, url, tok) in targets.items():  # interleaved, so drift hits all alike
+                before = cpu_seconds(pid)
+                summary = await load(url, tok, p.wrk_seconds)
+                summary["cpu_s"] = cpu_seconds(pid) - before
+                runs[name].append(summary)
+    _report(runs, ctx, result)
+
+
+def _report(runs: dict[str, list[dict[str, float]]], ctx: Context, result: ScenarioResult) -> None:
+    p = ctx.profile
+    for name, rs in runs.items():
+        result.add(f"{name}.requests_per_s", "req/s", [r["requests"] / (r["duration_us"] / 1e6) for r in rs])
+        result.add(f"{name}.p50_ms", "ms", [r["p50_us"] / 1000 for r in rs])
+        result.add(f"{name}.p99_ms", "ms", [r["p99_us"] / 1000 for r in rs])
+        result.add(f"{name}.p99.9_ms", "ms", [r["p999_us"] / 1000 for r in rs])
+        result.add(f"{name}.cpu_us_per_request", "us", [r["cpu_s"] * 1e6 / max(r["requests"], 1) for r in rs],
+                   "user+system of the server's process tree over the run, / requests")
+        result.add(f"{name}.bytes_per_response", "B", [r["bytes"] / max(r["requests"], 1) for r in rs])
+        result.add(f"{name}.errors", "count", [r["connect_errors"] + r["read_errors"] + r["write_errors"]
+                                               + r["status_errors"] + r["timeouts"] for r in rs],
+                   "socket errors + non-2xx + timeouts")
+
+    def fig(name: str) -> list[float]:
+        return result.figures[name].values
+
+    pairs = [(f"{a}_{kind}", f"nginx_{kind}") for a in ("agent", "agent_aiohttp") for kind in ("dnat", "direct")]
+    pairs.append(("agent_dnat", "agent_aiohttp_dnat"))
+    for a, n in pairs:
+        if a not in runs or n not in runs:
+            continue
+        result.ratio(f"{a}/{n}.requests_per_s", pairwise(fig(f"{a}.requests_per_s"), fig(f"{n}.requests_per_s")))
+        for q in ("p50_ms", "p99_ms", "p99.9_ms", "cpu_us_per_request"):
+            result.ratio(f"{a}/{n}.{q}", pairwise(fig(f"{a}.{q}"), fig(f"{n}.{q}")))
+    result.ratio("agent_dnat/agent_direct.requests_per_s",
+                 pairwise(fig("agent_dnat.requests_per_s"), fig("agent_direct.requests_per_s")))
+
+    rps = result.ratios["agent_dnat/nginx_dnat.requests_per_s"].median
+    p99 = result.ratios["agent_dnat/nginx_dnat.p99_ms"].median
+    result.targets += [
+        Target("hot path requests/s (DNAT, wrk -t2 -c32)", ">= 80% of nginx's",
+               f"{rps:.0%} of nginx ({result.figures['agent_dnat.requests_per_s'].median:,.0f} vs "
+               f"{result.figures['nginx_dnat.requests_per_s'].median:,.0f} req/s)", rps >= 0.8),
+        Target("hot path p99 latency (DNAT)", "<= 1.5x nginx's",
+               f"{p99:.2f}x nginx ({result.figures['agent_dnat.p99_ms'].median:.2f} vs "
+               f"{result.figures['nginx_dnat.p99_ms'].median:.2f} ms)", p99 <= 1.5),
+        Target("server CPU per request (DNAT)", "reported beside nginx's",
+               f"{result.figures['agent_dnat.cpu_us_per_request'].median:.1f} us vs "
+               f"{result.figures['nginx_dnat.cpu_us_per_request'].median:.1f} us (nginx)", None),
+    ]
+    errors = sum(sum(fig(f"{name}.errors")) for name in runs)
+    if errors:
+        result.simplifications.append(f"wrk reported {errors:g} errors in total (see the *.errors figures).")
+    result.simplifications += [
+        f"wrk -t{p.wrk_threads} -c{p.wrk_connections} keeps its connections alive; SDKs open a new connection "
+        "per metadata request. The request is the SDK's (GET .../security-credentials/ROLE with an IMDSv2 "
+        "token header, the token checked by the agent on every request).",
+        "wrk, the agent and nginx share the machine's cores: the load generator's CPU use is in every figure.",
+        "nginx: 1 worker, access_log off, open_file_cache on, etag off, keepalive_requests unlimited, "
+        "sendfile; it answers `Server: nginx` with Last-Modified and Accept-Ranges headers (see "
+        "bytes_per_response), the agent `Server: EC2ws`; the bodies are byte for byte the same.",
+        f"nginx is reached through its own DNAT rule (169.254.169.254:{NGINX_METADATA_PORT} -> nginx), the same "
+        "kernel path as the agent's rule; *_direct figures go from the pod to each server's port without DNAT.",
+        "agent_* is the agent with its default HTTP server; agent_aiohttp_* (when the agent has --http-server) is "
+        f"a second agent process with `--http-server aiohttp`, without --iptables, behind its own DNAT rule "
+        f"(169.254.169.254:{AIOHTTP_METADATA_PORT}); both run during the whole scenario.",
+        "CPU per request is user+system time of the server's process tree from /proc/PID/stat before and "
+        "after each run (10 ms ticks), divided by the requests wrk counted.",
+    ]
