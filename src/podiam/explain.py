@@ -23,7 +23,7 @@ from podiam.errors import (
     PodiamError,
     PodNotFound,
 )
-from podiam.imds.app import status_for
+from podiam.imds.core import status_for
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
 from podiam.kube.connection import make_client
 from podiam.kube.lookup import namespace_annotations, pod_by_name, pods_by_ip

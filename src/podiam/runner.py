@@ -27,8 +27,8 @@ from aiohttp import web
 
 from podiam.credentials import Identity
 from podiam.errors import ConfigError, NodeMetadataError, NoRoleError, PodiamError
-from podiam.imds.app import EventSink, ImdsDeps, NoEvents, event_reason, make_app
-from podiam.imds.core import MetadataCore
+from podiam.imds.app import make_app
+from podiam.imds.core import EventSink, ImdsDeps, MetadataCore, NoEvents, event_reason
 from podiam.imds.fast_server import FastServer
 from podiam.imds.ops_app import make_ops_app
 from podiam.imds.rate_limit import RateLimiter

@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
-from podiam.imds.app import ImdsDeps, make_app
-from podiam.imds.core import MetadataCore
+from podiam.imds.app import make_app
+from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import FastServer
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer

@@ -7,21 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from podiam.imds.core import (
-    CredentialSource,
-    EventSink,
-    ImdsDeps,
-    MetadataCore,
-    NoEvents,
-    PodLookup,
-    Reply,
-    Request,
-    event_reason,
-    status_for,
-)
-
-__all__ = ["CredentialSource", "EventSink", "ImdsDeps", "NoEvents", "PodLookup", "event_reason", "make_app",
-           "status_for"]
+from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
 
 
 class AiohttpAdapter:
