@@ -171,7 +171,7 @@ def debug_pods(index: PodIndex, cache: CredentialCache) -> list[dict[str, Any]]:
 
 
 class Agent:
-    """One node agent. ``run()`` returns when stopped by ``stop()`` or a signal."""
+    """One node agent. ``run()`` returns when stopped by SIGTERM/SIGINT or a failed root task."""
 
     def __init__(self, settings: AgentSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -180,9 +180,6 @@ class Agent:
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failure: str | None = None
-
-    def stop(self) -> None:
-        self._stop.set()
 
     async def run(self) -> None:
         """Start, serve until stopped, stop in stages. Raises PodiamError if a root task failed."""

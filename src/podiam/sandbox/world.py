@@ -373,9 +373,6 @@ class World:
             "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
         }}, namespace=pod.namespace, patch_type=PatchType.MERGE)
 
-    async def patch_pod(self, pod: WorldPod, patch: dict[str, Any]) -> None:
-        await self.kube.patch(KubePod, pod.name, patch, namespace=pod.namespace)
-
     async def delete_pod(self, pod: WorldPod, *, keep_network: bool = False) -> None:
         """Delete the Pod object and, unless ``keep_network``, its network namespace."""
         await self.kube.delete(KubePod, pod.name, namespace=pod.namespace)
