@@ -11,34 +11,36 @@ jitter of up to 10% of that). The fixed 60 s expiry margin of the cache is not s
 which bounds K (duration/K must exceed refresh/K + 60 s: K < 30 for the defaults). moto's
 STS accepts any DurationSeconds; real STS refuses less than 900.
 
-This wraps ``podiam.cli.agent_settings`` (the one function that turns flags into settings);
-podiam has no clock or time-scale option of its own. The wrapper is the only way this
-suite reaches inside podiam, and it fails loudly if that function is renamed.
+It replaces nothing inside podiam: click parses the flags with podiam's own ``agent``
+command, ``podiam.cli.agent_settings`` builds and validates the settings, and the same
+``Agent`` runs them; only the two session times of the settings are divided. podiam has no
+clock or time-scale option of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-from typing import Any
+
+import uvloop
+
+from podiam import cli
+from podiam.observability import logging as podiam_logging
+from podiam.runner import Agent
 
 
 def main() -> None:
     scale = float(sys.argv[1])
-    from podiam import cli  # noqa: PLC0415 - after argv checks
-
-    real = getattr(cli, "agent_settings", None)
-    if real is None:
-        raise SystemExit("podiam.cli.agent_settings is gone: update benchmarks/scaled_agent.py")
-
-    def scaled(flags: dict[str, Any], environ: Any) -> Any:
-        settings = real(flags, environ)
-        sts = dataclasses.replace(settings.sts, session_duration=settings.sts.session_duration / scale,
-                                  session_refresh=settings.sts.session_refresh / scale)
-        return dataclasses.replace(settings, sts=sts)
-
-    cli.agent_settings = scaled
-    cli.main(sys.argv[2:], prog_name="podiam")
+    if sys.argv[2:3] != ["agent"]:
+        raise SystemExit("usage: scaled_agent.py K agent [podiam agent flags...]")
+    with cli.agent.make_context("podiam agent", sys.argv[3:]) as ctx:
+        settings = cli.agent_settings(ctx.params, os.environ)  # podiam's own validation, unscaled
+    sts = dataclasses.replace(settings.sts, session_duration=settings.sts.session_duration / scale,
+                              session_refresh=settings.sts.session_refresh / scale)
+    settings = dataclasses.replace(settings, sts=sts)
+    podiam_logging.configure(settings.log)
+    uvloop.run(Agent(settings).run())
 
 
 if __name__ == "__main__":
