@@ -5,6 +5,7 @@ commands) are mapped onto it at the module that talks to the dependency, with
 
     PodiamError                     anything podiam raises on purpose
     ├── ConfigError                 a bad flag or setting; the process refuses to start
+    ├── BadRequestTarget            a metadata request's target is not canonical (400)
     ├── IdentityError               why a request cannot be tied to one pod and role
     │   ├── PodNotFound             no active pod has the caller's IP (after --pod-wait)
     │   ├── PodAmbiguous            two active pods share the caller's IP: refused, not guessed
@@ -34,6 +35,10 @@ class PodiamError(Exception):
 
 class ConfigError(PodiamError):
     """A flag or setting is invalid; raised before anything starts."""
+
+
+class BadRequestTarget(PodiamError):
+    """A metadata request's target is not in the one canonical form (imds/target.py)."""
 
 
 class IdentityError(PodiamError):

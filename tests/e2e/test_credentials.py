@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_ROLE_NAME, NODE_USER_DATA
+from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_INSTANCE_PROFILE_ID, NODE_ROLE_NAME, NODE_USER_DATA
 from podiam.sandbox.world import ACCOUNT, BASE_ARN, AgentProcess, World, WorldPod, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -125,6 +125,23 @@ async def test_the_node_is_out_of_reach(pods: dict[str, WorldPod]) -> None:
     info = await a.http("GET", "/latest/meta-data/iam/info")
     assert info.status == 200
     assert info.json()["InstanceProfileArn"] == f"arn:aws:iam::{ACCOUNT}:instance-profile/role-a"
+
+
+@pytest.mark.parametrize("target", [
+    "/latest/meta-data/placement/../iam/security-credentials/" + NODE_ROLE_NAME,
+    "/latest/meta-data/placement/../../user-data",
+    "/latest/meta-data/placement/%2e%2e/%2E%2e/user-data",
+    "/latest/meta-data/placement/..%2f..%2fuser-data",
+    "/latest/meta-data/placement//..//..//user-data",
+    "/latest/meta-data/placement/region/../../iam/info",
+])
+async def test_path_traversal_through_the_proxy_is_refused(pods: dict[str, WorldPod], target: str) -> None:
+    # The 0.1.0 advisory: these reached the node's credentials and user-data.
+    resp = await pods["a"].http("GET", target)
+    assert resp.status == 400
+    assert b"is not canonical" in resp.body
+    for secret in (NODE_ACCESS_KEY_ID, NODE_USER_DATA, NODE_INSTANCE_PROFILE_ID):
+        assert secret.encode() not in resp.body
 
 
 async def test_region_discovery_paths_reach_the_real_imds(pods: dict[str, WorldPod]) -> None:

@@ -36,13 +36,13 @@ class Source:
         return CREDS
 
 
-def core(metrics: Metrics, source: Source) -> MetadataCore:
+def core(metrics: Metrics, source: Source, limiter: RateLimiter | None = None) -> MetadataCore:
     index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity, loopback_is_host=False)
     index.replace([PodInfo("ns", "web", "u1", "10.0.0.5", "Running", annotations={"iam.amazonaws.com/role": "reader"}),
                    PodInfo("ns", "job", "u2", "10.0.0.6", "Running", annotations={"iam.amazonaws.com/role": "writer"})])
     deps = ImdsDeps(pods=index, credentials=source, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                     metrics=metrics, settings=ImdsSettings(pod_wait=0.01), upstream=None, ready=lambda: True,
-                    limiter=RateLimiter(0))
+                    limiter=limiter or RateLimiter(0))
     return MetadataCore(deps)
 
 
@@ -106,3 +106,12 @@ def test_extra_headers_are_rendered() -> None:
     reply = Reply(429, b"slow down\n", extra_headers=(("Retry-After", "1"),))
     assert reply.head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     assert b"Retry-After: 1\r\n" in reply.head
+
+
+def test_health_paths_are_on_the_pods_request_budget() -> None:
+    now = [0.0]
+    c = core(Metrics(), Source(), RateLimiter(1.0, clock=lambda: now[0]))
+    answers = [c.answer(req(path)) for path in ("/healthz", "/readyz", "/healthz", "/readyz")]
+    statuses = [a.status for a in answers if isinstance(a, Reply)]
+    assert statuses == [200, 200, 429, 429]  # a burst of twice the rate, then refused like any request
+    assert c.answer(req("/healthz", "10.0.0.6")).status == 200  # type: ignore[union-attr] - another pod's own budget

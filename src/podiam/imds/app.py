@@ -15,7 +15,8 @@ class AiohttpAdapter:
         self._core = core
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        answer = self._core.answer(Request(request.method, request.path, request.headers, request.remote or ""))
+        # raw_path: the target as sent; aiohttp's path is decoded and the core decides what is canonical.
+        answer = self._core.answer(Request(request.method, request.raw_path, request.headers, request.remote or ""))
         reply = answer if isinstance(answer, Reply) else await answer
         headers = {"Server": "EC2ws", "Content-Type": reply.content_type, **dict(reply.extra_headers)}
         return web.Response(status=reply.status, body=reply.body, headers=headers)

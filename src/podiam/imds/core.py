@@ -29,6 +29,7 @@ import structlog
 
 from podiam.credentials import IMDS_TIME_FORMAT, Credentials, Identity
 from podiam.errors import (
+    BadRequestTarget,
     CredentialsError,
     HostNetworkCaller,
     IdentityError,
@@ -45,7 +46,8 @@ from podiam.errors import (
     StsUnavailable,
 )
 from podiam.imds.rate_limit import RateLimiter, retry_after_header
-from podiam.imds.routes import Match, Route, classify
+from podiam.imds.routes import Match, Route, classify, proxy_route
+from podiam.imds.target import CanonicalPath, canonical_path
 from podiam.imds.tokens import TokenIssuer, parse_ttl
 from podiam.imds.upstream import NodeMetadataClient
 from podiam.observability.audit import IssuanceLog
@@ -66,6 +68,7 @@ TEXT_PLAIN = "text/plain"
 
 _STATUS_BY_ERROR: tuple[tuple[type[PodiamError], int, str], ...] = (
     # Most specific first; the reason names the metrics label and the log line.
+    (BadRequestTarget, 400, "non_canonical_target"),
     (PodNotFound, 404, "pod_not_found"),
     (NoRoleError, 404, "no_role"),
     (PodAmbiguous, 409, "ambiguous_ip"),
@@ -106,11 +109,13 @@ def event_reason(error: PodiamError) -> str | None:
 class Request:
     """One request as the core sees it. A slots class: one is built per request."""
 
-    __slots__ = ("headers", "ip", "method", "path")
+    __slots__ = ("headers", "ip", "method", "target")
 
-    def __init__(self, method: str, path: str, headers: Mapping[str, str], ip: str) -> None:
+    def __init__(self, method: str, target: str, headers: Mapping[str, str], ip: str) -> None:
         self.method = method
-        self.path = path
+        self.target = target
+        """The request target exactly as the client sent it (undecoded, unnormalised): the core
+        alone decides whether it is canonical (imds/target.py)."""
         self.headers = headers
         """Looked up by lower-case name."""
         self.ip = ip
@@ -145,6 +150,8 @@ _OK = _text(200, "ok\n")
 _READY = _text(200, "ready\n")
 _NOT_READY = _text(503, "pod index not synced yet\n")
 _IAM_INDEX = _text(200, "info\nsecurity-credentials/")
+_NO_ROUTE = Match(Route.OTHER, path=CanonicalPath("/"))
+"""The route a non-canonical target is measured under: it never reached routing."""
 
 
 class PodLookup(Protocol):
@@ -256,9 +263,14 @@ class MetadataCore:
     def answer(self, req: Request) -> Answer:
         """The Reply, or a coroutine that produces it when something must be waited for."""
         started = time.perf_counter()
-        match = classify(req.path)
         try:
+            # Before routing, rate limits and the allow-list: everything after this line
+            # sees one canonical path, and the upstream request carries exactly it.
+            match = classify(canonical_path(req.target))
             result = self._now(req, match, started)
+        except BadRequestTarget as e:
+            match = _NO_ROUTE
+            result = self._refused(req, self._refuse(e))
         except _Refusal as r:
             result = self._refused(req, r)
         if isinstance(result, Reply):
@@ -269,18 +281,20 @@ class MetadataCore:
 
     def _now(self, req: Request, match: Match, started: float) -> Answer:
         route = match.route
-        if route is Route.HEALTHZ:
-            return _OK
-        if route is Route.READYZ:
-            return _READY if self._d.ready() else _NOT_READY
+        # Every request from a pod is on its budget, the probes too: they are as cheap to
+        # send as any other and are answered on the same connections.
         wait = self._d.limiter.retry_after(req.ip)
         if wait:
             raise _Refusal(429, "rate_limited", f"more than {self._d.limiter.rate:g} requests per second from "
                            f"{req.ip}; slow down", (("Retry-After", retry_after_header(wait)),))
+        if route is Route.HEALTHZ:
+            return _OK
+        if route is Route.READYZ:
+            return _READY if self._d.ready() else _NOT_READY
         if route is Route.TOKEN:
             return self._issue_token(req)
         if req.method not in ("GET", "HEAD"):
-            raise _Refusal(405, "method", f"method {req.method} is not allowed on {req.path}")
+            raise _Refusal(405, "method", f"method {req.method} is not allowed on {req.target[:200]}")
         self._check_token(req)
         # Even allow-listed paths are for this node's pods only: nothing else that can reach
         # the port (another host, the node itself) learns anything about the node.
@@ -288,7 +302,7 @@ class MetadataCore:
         if entry is None:
             return self._finish(self._after_wait(req, match), match, started)
         if route is Route.OTHER:
-            return self._finish(self._proxy(req), match, started)
+            return self._finish(self._proxy(req, match, entry), match, started)
         result = self._serve(req, match, entry)
         return result if isinstance(result, Reply) else self._finish(result, match, started)
 
@@ -384,7 +398,7 @@ class MetadataCore:
         self._d.metrics.refusals.labels(r.reason).inc()
         if r.status != 429 or self._first_429_in_a_while(req.ip):  # a flood must not flood the log
             # Paths are the caller's: bounded in the log, as a hostile pod chooses them.
-            log.info("request refused", client=req.ip, path=req.path[:200], status=r.status, reason=r.reason,
+            log.info("request refused", client=req.ip, target=req.target[:200], status=r.status, reason=r.reason,
                      detail=str(r)[:500])
         return _text(r.status, str(r) + "\n", r.headers)
 
@@ -417,7 +431,7 @@ class MetadataCore:
         except IdentityError as e:
             return self._refused(req, self._refuse(e))
         if match.route is Route.OTHER:
-            return await self._proxy(req)
+            return await self._proxy(req, match, entry)
         try:
             answer = self._serve(req, match, entry)
         except _Refusal as r:
@@ -431,13 +445,19 @@ class MetadataCore:
             return self._refused(req, self._refuse(e, entry.pod, warn=True))
         return self._credentials_reply(entry, identity, creds)
 
-    async def _proxy(self, req: Request) -> Reply:
-        upstream = self._d.upstream
-        if upstream is None or not self._d.settings.allow_route_pattern.search(req.path):
+    async def _proxy(self, req: Request, match: Match, entry: PodEntry) -> Reply:
+        """An allow-listed path from the node's IMDS, for a pod of this node; logged and counted,
+        so an operator sees everything pods read from the node."""
+        path, upstream = match.path, self._d.upstream
+        if upstream is None or not self._d.settings.allow_route_pattern.search(path):
             return self._refused(req, _Refusal(
-                404, "not_allowed", f"{req.path} is not served to pods (see --allow-route-regexp)"))
+                404, "not_allowed", f"{path} is not served to pods (see --allow-route-regexp)"))
         try:
-            resp = await upstream.get(req.path)
+            resp = await upstream.get(path)
         except NodeMetadataError as e:
+            self._d.metrics.proxied.labels("unreachable", "none").inc()
             return self._refused(req, self._refuse(e, warn=True))
+        log.info("node metadata proxied", pod=entry.pod.ref, path=path, upstream_status=resp.status)
+        # Only paths the node's IMDS has (200) become labels: invented ones must not grow the series.
+        self._d.metrics.proxied.labels(proxy_route(path) if resp.status == 200 else "other", str(resp.status)).inc()
         return Reply(resp.status, resp.body, resp.content_type)

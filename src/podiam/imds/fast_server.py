@@ -21,7 +21,6 @@ import collections
 import contextlib
 from types import TracebackType
 from typing import Any, NoReturn, cast
-from urllib.parse import unquote
 
 import httptools
 import structlog
@@ -131,16 +130,11 @@ class MetadataProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode("latin-1")
-        url = bytes(self._url)
-        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
-            path = url.decode("latin-1")  # what SDKs send: nothing to parse or unquote
-        else:
-            try:
-                path = unquote(httptools.parse_url(url).path.decode("latin-1"), errors="strict")
-            except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-                self._reject(_BAD_REQUEST)
+        # The raw target, undecoded: the core decides what is canonical (imds/target.py), and
+        # latin-1 maps every byte to one character, so nothing is lost or reinterpreted here.
+        target = self._url.decode("latin-1")
         keep_alive = self._parser.should_keep_alive() and not self._server.closing
-        answer = self._core.answer(Request(method, path, self._headers, self._ip))
+        answer = self._core.answer(Request(method, target, self._headers, self._ip))
         head_only = method == "HEAD"
         if isinstance(answer, Reply):
             if not self._queue:

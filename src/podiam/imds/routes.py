@@ -1,6 +1,6 @@
 """
-Which metadata route a request path is. Pure string work, no framework: the aiohttp app
-uses it today and a dedicated fast path can use it tomorrow; it is fuzzed on its own.
+Which metadata route a canonical request path is (imds/target.py decides canonical form
+first). Pure string work, no framework: both servers use it; it is fuzzed on its own.
 
 Every version prefix is served alike: ``latest`` or a dated one such as ``2009-04-04``.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+
+from podiam.imds.target import CanonicalPath
 
 _VERSION_RE = re.compile(r"latest|\d{4}-\d{2}-\d{2}", re.ASCII)
 
@@ -31,18 +33,21 @@ class Route(enum.Enum):
     """Anything else: proxied when allow-listed, else 404."""
 
 
+_NO_PATH = CanonicalPath("")
+
+
 @dataclass(frozen=True)
 class Match:
     route: Route
     role: str | None = None
     """The ROLE of a CREDENTIALS request, as the caller wrote it."""
+    path: CanonicalPath = _NO_PATH
+    """Of an OTHER request: the path that is checked against the allow-list and, if allowed,
+    sent to the node's IMDS as it is. Empty for the other routes, which never leave podiam."""
 
 
-_OTHER = Match(Route.OTHER)
-
-
-def classify(path: str) -> Match:
-    """The route of a request path (without query string)."""
+def classify(path: CanonicalPath) -> Match:
+    """The route of a canonical request path."""
     if path == "/healthz":
         return Match(Route.HEALTHZ)
     if path == "/readyz":
@@ -50,21 +55,27 @@ def classify(path: str) -> Match:
     parts = path.split("/")
     # parts[0] is "" for a path starting with "/"; parts[1] the version.
     if len(parts) < 3 or parts[0] != "" or not _VERSION_RE.fullmatch(parts[1]):
-        return _OTHER
+        return Match(Route.OTHER, path=path)
     rest = parts[2:]
     if rest == ["api", "token"]:
         return Match(Route.TOKEN)
     if rest[:2] != ["meta-data", "iam"]:
-        return _OTHER
+        return Match(Route.OTHER, path=path)
     tail = rest[2:]
     if tail in ([], [""]):
         return Match(Route.IAM_INDEX)
     if tail == ["info"]:
         return Match(Route.IAM_INFO)
     if tail[0] != "security-credentials":
-        return _OTHER
+        return Match(Route.OTHER, path=path)
     if tail[1:] in ([], [""]):
         return Match(Route.ROLE_LIST)
     if len(tail) == 2 or (len(tail) == 3 and tail[2] == ""):
         return Match(Route.CREDENTIALS, role=tail[1])
-    return _OTHER
+    return Match(Route.OTHER, path=path)
+
+
+def proxy_route(path: CanonicalPath) -> str:
+    """A proxied path without its version prefix, as a metrics label (``meta-data/placement/region``)."""
+    parts = path.split("/", 2)
+    return parts[2] if len(parts) == 3 and _VERSION_RE.fullmatch(parts[1]) else path

@@ -6,6 +6,11 @@ podiam talks to it as an IMDSv2 client of its own: it fetches and renews its own
 token and never forwards a pod's token or headers, so nothing a pod sends reaches the real
 service except the path, and no X-Forwarded-For is ever added (real IMDS refuses token
 requests that carry one, which broke kube2iam and kiam for years).
+
+The path is a CanonicalPath (imds/target.py) and goes on the wire byte for byte: the URL is
+built as already encoded, so the client library neither re-quotes it nor resolves dot
+segments. Resolving them is what turned ``placement/../iam/...`` into the node's credentials
+in 0.1.0.
 """
 
 from __future__ import annotations
@@ -18,13 +23,17 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
+from yarl import URL
 
 from podiam.errors import NodeMetadataError
+from podiam.imds.target import CanonicalPath
 
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 21600
 _TOKEN_RENEW_BEFORE = 60.0
+REGION_PATH = CanonicalPath("/latest/meta-data/placement/region")
+IAM_INFO_PATH = CanonicalPath("/latest/meta-data/iam/info")
 
 
 @dataclass(frozen=True)
@@ -55,15 +64,16 @@ class NodeMetadataClient:
             await self._session.close()
             self._session = None
 
-    async def get(self, path: str) -> UpstreamResponse:
-        """GET ``path`` from the node's IMDS; NodeMetadataError when it cannot be reached."""
+    async def get(self, path: CanonicalPath) -> UpstreamResponse:
+        """GET exactly ``path`` from the node's IMDS; NodeMetadataError when it cannot be reached."""
         session = self._require_session()
         headers = {}
         token = await self._ensure_token()
         if token is not None:
             headers["X-aws-ec2-metadata-token"] = token
         try:
-            async with session.get(self._base + path, headers=headers, allow_redirects=False) as resp:
+            url = URL(self._base + path, encoded=True)  # as checked: no re-quoting, no dot-segment resolution
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
                 body = await resp.read()
                 if resp.status == 401 and token is not None:
                     self._token = None  # renewed on the next call; this one reports the 401
@@ -71,18 +81,18 @@ class NodeMetadataClient:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise NodeMetadataError(f"node metadata service at {self._base} did not answer {path}: {e!r}") from e
 
-    async def get_text(self, path: str) -> str:
+    async def get_text(self, path: CanonicalPath) -> str:
         resp = await self.get(path)
         if resp.status != 200:
             raise NodeMetadataError(f"node metadata service answered {resp.status} to {path}")
         return resp.body.decode()
 
     async def region(self) -> str:
-        return (await self.get_text("/latest/meta-data/placement/region")).strip()
+        return (await self.get_text(REGION_PATH)).strip()
 
     async def instance_profile_arn(self) -> str:
         try:
-            info = json.loads(await self.get_text("/latest/meta-data/iam/info"))
+            info = json.loads(await self.get_text(IAM_INFO_PATH))
             return str(info["InstanceProfileArn"])
         except (ValueError, KeyError, TypeError) as e:
             raise NodeMetadataError(f"node metadata iam/info is not what EC2 serves: {e}") from e

@@ -82,6 +82,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.proxied = Counter(
+            "podiam_imds_proxied_total",
+            "Requests pods made that were answered from the node's own IMDS, by route (the path "
+            "without its version when the node's IMDS has it, else 'other'; 'unreachable' when it "
+            "did not answer) and upstream status.",
+            ["route", "status"],
+            registry=r,
+        )
 
         self.events = Counter(
             "podiam_kube_events_total",

@@ -66,9 +66,12 @@ _VERSIONS = ("1.0", "2007-01-19", "2009-04-04", "2016-09-02", "2021-07-15", "lat
 class RecordedRequest:
     method: str
     path: str
-    """Path and query string, as received."""
+    """Path and query string, as aiohttp decoded them."""
     headers: Mapping[str, str]
     """Case-insensitive."""
+    target: str
+    """The request target byte for byte as it arrived on the wire (undecoded, unnormalised):
+    what a test compares with the path podiam checked."""
 
 
 class FakeNodeImds:
@@ -135,7 +138,8 @@ class FakeNodeImds:
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.requests.append(RecordedRequest(request.method, request.path_qs, request.headers.copy()))
+        self.requests.append(RecordedRequest(request.method, request.path_qs, request.headers.copy(),
+                                             request.raw_path))
         return await handler(request)
 
     async def _handle(self, request: web.Request) -> web.Response:
