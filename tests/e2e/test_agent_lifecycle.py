@@ -108,19 +108,31 @@ async def test_shutdown_lets_in_flight_requests_finish(world: World) -> None:
     assert (resp.status, resp.body) == (200, b"role-late")
 
 
-async def test_logs_record_issuance_and_never_a_secret(world: World) -> None:
-    agent: AgentProcess = await world.start_agent("--log-format", "json", "--log-level", "debug")
+def secret_fragments(secret: str, size: int = 12) -> set[str]:
+    """Every ``size``-character window of ``secret``: a log that holds part of it leaks too."""
+    return {secret[i:i + size] for i in range(max(1, len(secret) - size + 1))}
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_logs_record_issuance_and_never_a_secret(world: World, log_format: str) -> None:
+    agent: AgentProcess = await world.start_agent("--log-format", log_format, "--log-level", "debug")
+    name = f"audited-{log_format}"
     try:
-        pod = await world.add_pod("audited", "team-c", role="role-audit")
-        doc = (await pod.http("GET", CREDS + "role-audit")).json()
-        await pod.http("GET", CREDS + "role-audit")
-        await pod.http("GET", CREDS + "someone-else")  # a refusal is logged too
+        pod = await world.add_pod(name, "team-c", role="role-audit")
+        token = (await pod.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})).body
+        header = {"X-aws-ec2-metadata-token": token.decode()}
+        doc = (await pod.http("GET", CREDS + "role-audit", header)).json()
+        await pod.http("GET", CREDS + "role-audit", header)
+        await pod.http("GET", CREDS + "someone-else", header)  # a refusal is logged too
+        await pod.http("GET", "/latest/meta-data/placement/region", header)  # and a proxied read
     finally:
         assert await agent.stop() == 0
     logs = agent.logs()
-    assert doc["SecretAccessKey"] not in logs
-    assert doc["Token"] not in logs
-    issued = [line for line in logs.splitlines() if '"credentials issued"' in line]
+    for secret in (doc["SecretAccessKey"], doc["Token"], token.decode()):
+        leaked = sorted(f for f in secret_fragments(secret) if f in logs)
+        assert not leaked, leaked[:3]
+    issued = [line for line in logs.splitlines() if "credentials issued" in line]
     assert len(issued) == 1, issued
     assert doc["AccessKeyId"] in issued[0] and "team-c" in issued[0] and "role-audit" in issued[0]
     assert "role_mismatch" in logs
+    assert "node metadata proxied" in logs and "placement/region" in logs

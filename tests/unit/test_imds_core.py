@@ -8,6 +8,7 @@ import datetime as dt
 
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
+from podiam.imds.upstream import UpstreamResponse
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.kube.pod_index import PodIndex
@@ -19,7 +20,8 @@ from podiam.settings import ImdsSettings, RoleSettings
 
 BASE = "arn:aws:iam::123456789012:role/"
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-CREDS = Credentials("ASIAEXAMPLE", "secret", "token", NOW + dt.timedelta(hours=1), NOW)
+CREDS = Credentials("ASIAEXAMPLE", "wJalrXUtnFEMI-SECRET-KEY", "FwoGZXIvYXdz-SESSION-TOKEN", NOW + dt.timedelta(hours=1),
+                    NOW)
 
 
 class Source:
@@ -115,3 +117,14 @@ def test_health_paths_are_on_the_pods_request_budget() -> None:
     statuses = [a.status for a in answers if isinstance(a, Reply)]
     assert statuses == [200, 200, 429, 429]  # a burst of twice the rate, then refused like any request
     assert c.answer(req("/healthz", "10.0.0.6")).status == 200  # type: ignore[union-attr] - another pod's own budget
+
+
+def test_objects_that_hold_secrets_print_without_them() -> None:
+    c = core(Metrics(), Source())
+    reply = c.answer(req("/latest/meta-data/iam/security-credentials/reader"))
+    assert isinstance(reply, Reply)
+    assert CREDS.secret_access_key.encode() in reply.wire  # it does hold them
+    upstream = UpstreamResponse(200, b"#!/bin/sh\nexport SECRET=node-user-data\n", "text/plain")
+    for printed in (repr(reply), str(reply), f"{reply}", repr(CREDS), repr(upstream)):
+        assert "SECRET" not in printed and "SESSION-TOKEN" not in printed, printed
+        assert "node-user-data" not in printed, printed

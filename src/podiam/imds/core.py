@@ -124,7 +124,8 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: bytes
+    body: bytes = field(repr=False)
+    """May hold a pod's credentials: never in repr(), so a Reply can be logged or printed."""
     content_type: str = TEXT_PLAIN
     extra_headers: tuple[tuple[str, str], ...] = ()
 

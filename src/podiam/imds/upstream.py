@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiohttp
@@ -39,7 +39,8 @@ IAM_INFO_PATH = CanonicalPath("/latest/meta-data/iam/info")
 @dataclass(frozen=True)
 class UpstreamResponse:
     status: int
-    body: bytes
+    body: bytes = field(repr=False)
+    """The node's metadata, which may be secret: never in repr()."""
     content_type: str
 
 
