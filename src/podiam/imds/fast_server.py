@@ -12,6 +12,15 @@ replies on one connection still go out in request order (pipelining).
 Hostile input: the URL, header count and size, and body are bounded; a malformed request
 gets 400 and the connection is closed; a connection idle or stuck mid-request longer than
 the keep-alive timeout is closed.
+
+Flow control (as uvicorn's protocols): a client that pipelines requests and never reads its
+replies would otherwise grow the agent's memory without bound. So a connection stops being
+read while its transport's write buffer is above the high-water mark (``pause_writing``), or
+while more than a pipeline depth of replies wait behind a slow one, and resumes below the
+low-water mark / when the queue drains; what is left of a received chunk waits, unparsed,
+with it. Large chunks are parsed in slices, so a pause takes effect within one slice. Each
+source IP may hold a bounded number of connections: beyond it, 503 and close, counted.
+
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import httptools
 import structlog
 
 from podiam.imds.core import WANTED_HEADERS, MetadataCore, Reply, Request
+from podiam.observability.metrics import Metrics
+from podiam.settings import ImdsSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -45,6 +56,11 @@ _WANTED = {name.encode(): name for name in WANTED_HEADERS}
 _BAD_REQUEST = Reply(400, b"malformed HTTP request\n")
 _TOO_LARGE = Reply(413, b"request too large\n")
 _TOO_LONG_URL = Reply(414, b"URL too long\n")
+_TOO_MANY_CONNECTIONS = Reply(503, b"too many connections from this address; close idle ones\n")
+FEED_SLICE = 4096
+"""Bytes of a received chunk parsed before flow control is checked again: a chunk (up to
+256 KiB from either loop) of tiny pipelined requests makes ~100x its size in replies, so a
+pause must take effect within the chunk. SDK requests (a few hundred bytes) are one slice."""
 
 
 class _Malformed(Exception):
@@ -74,6 +90,14 @@ class MetadataProtocol(asyncio.Protocol):
         self._rejection: Reply | None = None
         self._last_reply = self._loop.time()
         """When the connection last answered (or opened): an idle timer measures from here."""
+        self._counted = False
+        """Whether this connection holds one of its source IP's slots (FastServer.per_ip)."""
+        self._write_paused = False
+        """The transport's write buffer is above the high-water mark (pause_writing)."""
+        self._reading_paused = False
+        self._unparsed = b""
+        """What was received but not parsed yet because reading paused mid-chunk."""
+        self._resume_scheduled = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -82,10 +106,37 @@ class MetadataProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._ip = str(peer[0]) if peer else ""
-        self._server.connections.add(self)
+        server = self._server
+        if server.per_ip.get(self._ip, 0) >= server.max_connections_per_ip:
+            # A clear answer rather than a reset: a pod at its cap learns why from its SDK's error.
+            server.metrics.connections_refused.inc()
+            self._write(_TOO_MANY_CONNECTIONS, False, False)
+            return
+        self._counted = True
+        server.per_ip[self._ip] = server.per_ip.get(self._ip, 0) + 1
+        server.connections.add(self)
+        self._transport.set_write_buffer_limits(server.write_buffer_high, server.write_buffer_high // 4)
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if len(data) <= FEED_SLICE and not self._reading_paused:
+            self._feed(data)  # the common case: one request, one feed, no slicing
+            return
+        self._feed_slices(self._unparsed + data if self._unparsed else data)
+
+    def _feed_slices(self, data: bytes) -> None:
+        view, start = memoryview(data), 0
+        while start < len(data):
+            if self._reading_paused or self._closing:
+                self._unparsed = bytes(view[start:])  # bounded by one chunk; parsed on resume
+                return
+            self._feed(view[start:start + FEED_SLICE])
+            start += FEED_SLICE
+        self._unparsed = b""
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -95,9 +146,51 @@ class MetadataProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            left = self._server.per_ip[self._ip] - 1
+            if left:
+                self._server.per_ip[self._ip] = left
+            else:
+                del self._server.per_ip[self._ip]  # the dict holds only IPs with connections
         if self._timer is not None:
             self._timer.cancel()
         self._transport = None
+        self._unparsed = b""
+
+    # -- flow control -------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client is not reading: stop reading its requests until it catches up."""
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._maybe_resume()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None and not self._closing:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        if (self._reading_paused and not self._write_paused and len(self._queue) <= self._server.pipeline_depth // 2
+                and not self._resume_scheduled):
+            # Not from inside the transport's own write-flush or a task callback: next iteration.
+            self._resume_scheduled = True
+            self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_scheduled = False
+        if self._transport is None or self._closing or self._write_paused:
+            return
+        self._reading_paused = False
+        if self._unparsed:
+            data, self._unparsed = self._unparsed, b""
+            self._feed_slices(data)
+        if not self._reading_paused and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
         # In-flight work is left to finish: the credential fetch it may be waiting on is the
         # cache's, and the next request from this pod will use it.
 
@@ -153,6 +246,8 @@ class MetadataProtocol(asyncio.Protocol):
             task.add_done_callback(self._flush)
             self._queue.append((task, head_only, keep_alive))
         self._flush()
+        if len(self._queue) > self._server.pipeline_depth:
+            self._pause_reading()  # replies wait behind a slow one: stop taking more
 
     def _reject(self, reply: Reply) -> NoReturn:
         self._rejection = reply
@@ -171,6 +266,8 @@ class MetadataProtocol(asyncio.Protocol):
                 reply = item
             self._queue.popleft()
             self._write(reply, head_only, keep_alive)
+        if self._reading_paused:
+            self._maybe_resume()
 
     def _write(self, reply: Reply, head_only: bool, keep_alive: bool) -> None:
         transport = self._transport
@@ -193,8 +290,10 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.close()
 
     def _arm_timer(self, delay: float | None = None) -> None:
         self._timer = self._loop.call_later(
@@ -207,6 +306,9 @@ class MetadataProtocol(asyncio.Protocol):
             return
         quiet_for = self._loop.time() - self._last_reply
         if quiet_for >= self._server.keepalive_timeout:
+            if self._transport is not None and self._transport.get_write_buffer_size():
+                self._transport.abort()  # replies unread for the whole timeout: close() would wait forever
+                return
             self._close()
         else:
             self._arm_timer(self._server.keepalive_timeout - quiet_for)
@@ -214,6 +316,20 @@ class MetadataProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self._queue
+
+    @property
+    def pending_replies(self) -> int:
+        """Replies (or requests being answered) queued behind one not finished yet."""
+        return len(self._queue)
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written to the transport that the client has not taken yet."""
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
 
 def _internal(task: asyncio.Task[Reply]) -> Reply:
@@ -227,9 +343,17 @@ class FastServer:
     exit stops accepting, lets in-flight requests finish within ``grace``, then closes."""
 
     def __init__(self, core: MetadataCore, host: str, port: int, grace: float,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, *, settings: ImdsSettings | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._core, self._host, self._port, self._grace = core, host, port, grace
         self.keepalive_timeout = keepalive_timeout
+        limits = settings or ImdsSettings()
+        self.write_buffer_high = limits.write_buffer_high
+        self.pipeline_depth = limits.pipeline_depth
+        self.max_connections_per_ip = limits.max_connections_per_ip
+        self.metrics = metrics or Metrics()
+        self.per_ip: dict[str, int] = {}
+        """Open connections by source IP (only IPs that have some)."""
         self._server: asyncio.Server | None = None
         self.connections: set[MetadataProtocol] = set()
         self._tasks: set[asyncio.Task[Reply]] = set()
