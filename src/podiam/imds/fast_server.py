@@ -21,6 +21,12 @@ low-water mark / when the queue drains; what is left of a received chunk waits, 
 with it. Large chunks are parsed in slices, so a pause takes effect within one slice. Each
 source IP may hold a bounded number of connections: beyond it, 503 and close, counted.
 
+Close order (as nginx): after the last reply of a ``Connection: close`` or HTTP/1.0 exchange
+the server's FIN goes out in the same flush as the reply (``shutdown(SHUT_WR)`` right after
+the write), so the server, not the pod, holds the TIME_WAIT. Both loops defer the socket's
+close to a later loop iteration; a client that closes as soon as it has the reply (most do)
+would otherwise close first and hold a TIME_WAIT for each exchange, until its ephemeral
+ports run out under connection churn.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
 from types import TracebackType
 from typing import Any, NoReturn, cast
 from urllib.parse import unquote
@@ -293,7 +300,19 @@ class MetadataProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        transport.close()
+        if transport.get_write_buffer_size() == 0:
+            # The FIN now, right behind the reply: transport.close() would send it only in a
+            # later loop iteration (both loops), and uvloop's write_eof() too (libuv defers
+            # uv_shutdown); a client that closes first holds the TIME_WAIT (module docstring).
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    raw = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+                    try:
+                        raw.shutdown(socket.SHUT_WR)
+                    finally:
+                        raw.detach()  # the transport owns the descriptor and closes it
+        transport.close()  # with replies still buffered: FIN after them, once flushed
 
     def _arm_timer(self, delay: float | None = None) -> None:
         self._timer = self._loop.call_later(

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import select
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from podiam.credentials import Credentials, Identity
@@ -189,3 +192,42 @@ async def test_connections_per_ip_are_capped_and_other_ips_still_served(limited:
     for _, w in [*held, (reader, writer)]:
         await shut(w)
     await until(lambda: not limited.server.per_ip, "every slot to be released")
+
+
+def _time_wait_ports() -> set[int]:
+    """Local ports of IPv4 TCP sockets in TIME_WAIT (state 06), from the kernel's table."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "06":
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /healthz HTTP/1.0\r\n\r\n",
+])
+async def test_the_server_sends_its_fin_with_the_last_reply(limited: Limited, request_bytes: bytes) -> None:
+    ports = []
+    for _ in range(10):
+        with raw_client(limited.server.port) as sock:
+            ports.append(sock.getsockname()[1])
+            sock.send(request_bytes)
+            data = b""
+            async with asyncio.timeout(5):
+                while True:
+                    with contextlib.suppress(BlockingIOError):
+                        data += sock.recv(65536)
+                    if data.endswith(b"ok\n"):
+                        break  # at once: one more loop turn would let a deferred close run
+                    await asyncio.sleep(0)  # the server answers on this loop
+            assert b"Connection: close\r\n" in data
+            # The client has the whole reply, as wrk or an SDK that closes at once would. The
+            # server's FIN must be there already: this select blocks the loop, so a close the
+            # server deferred to a later loop iteration cannot happen meanwhile.
+            readable, _, _ = select.select([sock], [], [], 1.0)
+            assert readable, "no FIN from the server with its last reply: the client would close first"
+            assert sock.recv(65536) == b""
+    # The client closed second every time: none of its ports holds a TIME_WAIT.
+    assert not set(ports) & _time_wait_ports()
