@@ -194,12 +194,13 @@ async def test_connections_per_ip_are_capped_and_other_ips_still_served(limited:
     await until(lambda: not limited.server.per_ip, "every slot to be released")
 
 
-def _time_wait_ports() -> set[int]:
-    """Local ports of IPv4 TCP sockets in TIME_WAIT (state 06), from the kernel's table."""
+def _time_wait_ports(remote_port: int) -> set[int]:
+    """Local ports of IPv4 TCP sockets in TIME_WAIT (state 06) towards ``remote_port``, from
+    the kernel's table: the remote port tells this test's sockets from anything else's."""
     ports = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[3] == "06":
+        if fields[3] == "06" and int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
             ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
@@ -230,4 +231,4 @@ async def test_the_server_sends_its_fin_with_the_last_reply(limited: Limited, re
             assert readable, "no FIN from the server with its last reply: the client would close first"
             assert sock.recv(65536) == b""
     # The client closed second every time: none of its ports holds a TIME_WAIT.
-    assert not set(ports) & _time_wait_ports()
+    assert not set(ports) & _time_wait_ports(limited.server.port)
