@@ -22,11 +22,11 @@ with it. Large chunks are parsed in slices, so a pause takes effect within one s
 source IP may hold a bounded number of connections: beyond it, 503 and close, counted.
 
 Close order (as nginx): after the last reply of a ``Connection: close`` or HTTP/1.0 exchange
-the server's FIN goes out in the same flush as the reply (``shutdown(SHUT_WR)`` right after
-the write), so the server, not the pod, holds the TIME_WAIT. Both loops defer the socket's
-close to a later loop iteration; a client that closes as soon as it has the reply (most do)
-would otherwise close first and hold a TIME_WAIT for each exchange, until its ephemeral
-ports run out under connection churn.
+the server's FIN travels in the reply's last segment (TCP_CORK, write, ``shutdown(SHUT_WR)``),
+so the server, not the pod, holds the TIME_WAIT. Both loops defer the socket's close to a
+later loop iteration; a client that closes as soon as it has the reply (most do) would
+otherwise close first and hold a TIME_WAIT for each exchange, until its ephemeral ports run
+out under connection churn.
 """
 
 from __future__ import annotations
@@ -284,12 +284,38 @@ class MetadataProtocol(asyncio.Protocol):
         if keep_alive and not head_only:
             transport.write(reply.wire)
         else:
-            transport.write(reply.head + (b"" if keep_alive else _CLOSE) + b"\r\n"
-                            + (b"" if head_only else reply.body))
-        if not keep_alive:
-            self._close()
-        else:
-            self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
+            data = reply.head + (b"" if keep_alive else _CLOSE) + b"\r\n" + (b"" if head_only else reply.body)
+            if not keep_alive:
+                self._write_last(transport, data)
+                return
+            transport.write(data)
+        self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
+
+    def _write_last(self, transport: asyncio.Transport, data: bytes) -> None:
+        """The connection's last reply, with the FIN in the same segment (module docstring).
+
+        Corked, the reply waits in the kernel; shutdown() then puts the FIN on its last
+        segment and sends it (a FIN is never held by the cork). A client thus has the FIN
+        when it has the whole reply and closes second, whatever its speed. Sending the FIN
+        just after the reply is not enough: a client in C closes within microseconds.
+        """
+        self._closing = True
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_write_buffer_size():
+            transport.write(data)  # replies before it are still queued: the FIN follows them
+            transport.close()
+            return
+        raw = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+        try:
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            transport.write(data)
+            if not transport.get_write_buffer_size():
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_WR)
+        finally:
+            raw.detach()  # the transport owns the descriptor and closes it
+        transport.close()
 
     def _fail(self, reply: Reply) -> None:
         self._queue.clear()
@@ -300,19 +326,7 @@ class MetadataProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        if transport.get_write_buffer_size() == 0:
-            # The FIN now, right behind the reply: transport.close() would send it only in a
-            # later loop iteration (both loops), and uvloop's write_eof() too (libuv defers
-            # uv_shutdown); a client that closes first holds the TIME_WAIT (module docstring).
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    raw = socket.socket(sock.family, sock.type, fileno=sock.fileno())
-                    try:
-                        raw.shutdown(socket.SHUT_WR)
-                    finally:
-                        raw.detach()  # the transport owns the descriptor and closes it
-        transport.close()  # with replies still buffered: FIN after them, once flushed
+        transport.close()
 
     def _arm_timer(self, delay: float | None = None) -> None:
         self._timer = self._loop.call_later(
