@@ -145,12 +145,15 @@ async def dnat_rule(bridge: str, metadata_port: int, *, host: str, port: int,
 
 
 async def wrk(netns: str, url: str, token: str, *, threads: int, connections: int, seconds: float,
-              workdir: Path, result: ScenarioResult) -> dict[str, Any]:
-    """wrk inside the pod's network namespace; its JSON summary (latencies in microseconds)."""
+              workdir: Path, result: ScenarioResult, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """wrk inside the pod's network namespace; its JSON summary (latencies in microseconds).
+
+    ``headers`` are added with -H (``Connection: close`` makes wrk open a connection per request).
+    """
     script = workdir / "sdk-request.lua"
     script.write_text(WRK_LUA)
     argv = ["ip", "netns", "exec", netns, "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--latency", "-s", str(script), url]
+            "--latency", *(arg for h in headers for arg in ("-H", h)), "-s", str(script), url]
     result.command(["ip", "netns", "exec", "<pod-netns>", *argv[4:]])
     env = {"PATH": os.environ.get("PATH", os.defpath), "BENCH_TOKEN": token}
     done = (await run(argv, timeout=seconds + 60, env=env)).check()

@@ -44,6 +44,10 @@ class Profile:
     soak_pods: int
     soak_sample_seconds: float
 
+    # 6. connection churn
+    churn_rounds: int
+    churn_seconds: float
+
 
 FULL = Profile(
     name="full", runs=3,
@@ -52,6 +56,7 @@ FULL = Profile(
     startup_pods=100,
     app_seconds=8,
     pod_counts=(0, 110, 500), soak_seconds=300, soak_rate=50, soak_pods=10, soak_sample_seconds=5,
+    churn_rounds=10, churn_seconds=10,
 )
 
 SMOKE = Profile(
@@ -61,6 +66,7 @@ SMOKE = Profile(
     startup_pods=5,
     app_seconds=1,
     pod_counts=(0, 10), soak_seconds=3, soak_rate=10, soak_pods=2, soak_sample_seconds=1,
+    churn_rounds=2, churn_seconds=1,
 )
 
 PROFILES = {p.name: p for p in (FULL, SMOKE)}

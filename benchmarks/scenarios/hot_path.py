@@ -8,6 +8,7 @@ measurement) and directly to each server's port.
 from __future__ import annotations
 
 import contextlib
+import os
 
 from benchmarks.common import ScenarioResult, Target, agent_has_flag, cpu_seconds, pairwise
 from benchmarks.http_load import dnat_rule, nginx_serving, wrk
@@ -23,6 +24,9 @@ NGINX_METADATA_PORT = 81
 """The pod reaches nginx at 169.254.169.254:81, DNAT'ed like the agent's :80."""
 AIOHTTP_METADATA_PORT = 82
 """... and the agent on its aiohttp server (``--http-server aiohttp``) at :82."""
+BASELINE_METADATA_PORT = 84
+"""... and, with PODIAM_BENCH_BASELINE=/other/src, an agent from that source tree at :84."""
+BASELINE_ENV = "PODIAM_BENCH_BASELINE"
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
@@ -77,6 +81,15 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
             targets["agent_aiohttp_dnat"] = (other.pid, f"http://169.254.169.254:{AIOHTTP_METADATA_PORT}{path}",
                                              other_token)
             targets["agent_aiohttp_direct"] = (other.pid, f"http://{gateway}:{other.app_port}{path}", other_token)
+        if baseline := os.environ.get(BASELINE_ENV):
+            # The same flags, another source tree (an earlier commit): before/after in one run.
+            base = await start_agent(world, *flags, iptables=False, env={"PYTHONPATH": baseline})
+            result.command(f"PYTHONPATH={baseline} " + " ".join(base.process.argv))
+            await stack.enter_async_context(
+                dnat_rule(world.net.bridge_name, BASELINE_METADATA_PORT, host=gateway, port=base.app_port,
+                          result=result))
+            targets["agent_baseline_dnat"] = (base.pid, f"http://169.254.169.254:{BASELINE_METADATA_PORT}{path}",
+                                              await _token(pod, BASELINE_METADATA_PORT))
         targets["agent_direct"] = (agent.pid, f"http://{gateway}:{agent.app_port}{path}", token)
         targets["nginx_direct"] = (nginx.pid, f"http://{gateway}:{nginx_port}{path}", token)
 
@@ -115,6 +128,7 @@ def _report(runs: dict[str, list[dict[str, float]]], ctx: Context, result: Scena
 
     pairs = [(f"{a}_{kind}", f"nginx_{kind}") for a in ("agent", "agent_aiohttp") for kind in ("dnat", "direct")]
     pairs.append(("agent_dnat", "agent_aiohttp_dnat"))
+    pairs.append(("agent_dnat", "agent_baseline_dnat"))
     for a, n in pairs:
         if a not in runs or n not in runs:
             continue

@@ -180,6 +180,8 @@ async def single_flight(world: World, ctx: Context, result: ScenarioResult) -> N
     p = ctx.profile
     # 1,000 requests from one pod: the per-pod rate limit (when the agent has one) would answer most with 429.
     unlimited = ["--pod-rate-limit", "0"] if await agent_has_flag("--pod-rate-limit") else []
+    if await agent_has_flag("--max-connections-per-ip"):  # ... and the per-IP connection cap would refuse them
+        unlimited += ["--max-connections-per-ip", str(p.burst + 100)]
     agent = await start_agent(world, "--log-level", "warning", "--pod-wait", "10s", *unlimited)
     result.command(agent.process.argv)
     calls: list[float] = []

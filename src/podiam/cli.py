@@ -171,6 +171,8 @@ def _policy_options(f: _F) -> _F:
       help="Refuse token-less metadata requests (401), as an instance with IMDSv2 required does.")
 @_opt("pod-rate-limit", type=click.FloatRange(min=0), default=100.0,
       help="Requests per second one pod may make (burst twice that); beyond it 429. 0 disables.")
+@_opt("max-connections-per-ip", type=click.IntRange(min=1), default=256,
+      help="Open connections one source IP may hold on the metadata endpoint; beyond it 503 and close.")
 @_opt("pod-events/--no-pod-events", default=True,
       help="Record Warning events on pods that are refused or fail (needs create/patch on events).")
 @_opt("pod-wait", type=DURATION, default="800ms",
@@ -273,6 +275,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSe
             require_imdsv2=flags["require_imdsv2"],
             pod_wait=flags["pod_wait"],
             pod_rate_limit=flags["pod_rate_limit"],
+            max_connections_per_ip=flags["max_connections_per_ip"],
             shutdown_grace=flags["shutdown_grace"],
         ),
         node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],

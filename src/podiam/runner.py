@@ -116,7 +116,8 @@ async def _start_metadata_server(deps: ImdsDeps, settings: ImdsSettings) -> Call
         runner = await _start_site(make_app(deps), settings.bind_address, settings.app_port,
                                    settings.shutdown_grace)
         return runner.cleanup
-    server = FastServer(MetadataCore(deps), settings.bind_address, settings.app_port, settings.shutdown_grace)
+    server = FastServer(MetadataCore(deps), settings.bind_address, settings.app_port, settings.shutdown_grace,
+                        settings=settings, metrics=deps.metrics)
     try:
         await server.__aenter__()
     except OSError as e:

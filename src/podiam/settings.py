@@ -164,6 +164,20 @@ class ImdsSettings:
     shutdown_grace: float = 5.0
     """Seconds in-flight requests get to finish at shutdown."""
 
+    max_connections_per_ip: int = 256
+    """Open connections one source IP may hold on the metadata endpoint; beyond it a new one
+    gets 503 and is closed. Each costs the agent memory (up to the bounds below), so without a
+    cap one pod could exhaust it; SDKs hold one or a few, a busy pod a few dozen."""
+
+    write_buffer_high: int = 64 * 1024
+    """Bytes of replies buffered for one connection above which it stops being read (resumed
+    below a quarter of it): a client that sends but never reads cannot grow the agent's memory.
+    64 KiB holds dozens of credential replies: a client that reads never reaches it."""
+
+    pipeline_depth: int = 32
+    """Pipelined requests one connection may have waiting for replies (behind one that waits
+    for STS, say) before it stops being read; resumed when half have been answered."""
+
     allow_route_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

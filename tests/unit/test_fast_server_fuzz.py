@@ -55,6 +55,19 @@ class Transport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("10.0.0.5", 40000) if name == "peername" else default
 
+    # Flow control: everything written counts as flushed at once, so reading never pauses.
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 def make_core() -> MetadataCore:
     index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity)

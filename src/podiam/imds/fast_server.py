@@ -12,6 +12,21 @@ replies on one connection still go out in request order (pipelining).
 Hostile input: the URL, header count and size, and body are bounded; a malformed request
 gets 400 and the connection is closed; a connection idle or stuck mid-request longer than
 the keep-alive timeout is closed.
+
+Flow control (as uvicorn's protocols): a client that pipelines requests and never reads its
+replies would otherwise grow the agent's memory without bound. So a connection stops being
+read while its transport's write buffer is above the high-water mark (``pause_writing``), or
+while more than a pipeline depth of replies wait behind a slow one, and resumes below the
+low-water mark / when the queue drains; what is left of a received chunk waits, unparsed,
+with it. Large chunks are parsed in slices, so a pause takes effect within one slice. Each
+source IP may hold a bounded number of connections: beyond it, 503 and close, counted.
+
+Close order (as nginx): after the last reply of a ``Connection: close`` or HTTP/1.0 exchange
+the server's FIN travels in the reply's last segment (TCP_CORK, write, ``shutdown(SHUT_WR)``),
+so the server, not the pod, holds the TIME_WAIT. Both loops defer the socket's close to a
+later loop iteration; a client that closes as soon as it has the reply (most do) would
+otherwise close first and hold a TIME_WAIT for each exchange, until its ephemeral ports run
+out under connection churn.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
 from types import TracebackType
 from typing import Any, NoReturn, cast
 
@@ -26,6 +42,8 @@ import httptools
 import structlog
 
 from podiam.imds.core import WANTED_HEADERS, MetadataCore, Reply, Request
+from podiam.observability.metrics import Metrics
+from podiam.settings import ImdsSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -44,6 +62,11 @@ _WANTED = {name.encode(): name for name in WANTED_HEADERS}
 _BAD_REQUEST = Reply(400, b"malformed HTTP request\n")
 _TOO_LARGE = Reply(413, b"request too large\n")
 _TOO_LONG_URL = Reply(414, b"URL too long\n")
+_TOO_MANY_CONNECTIONS = Reply(503, b"too many connections from this address; close idle ones\n")
+FEED_SLICE = 4096
+"""Bytes of a received chunk parsed before flow control is checked again: a chunk (up to
+256 KiB from either loop) of tiny pipelined requests makes ~100x its size in replies, so a
+pause must take effect within the chunk. SDK requests (a few hundred bytes) are one slice."""
 
 
 class _Malformed(Exception):
@@ -73,6 +96,14 @@ class MetadataProtocol(asyncio.Protocol):
         self._rejection: Reply | None = None
         self._last_reply = self._loop.time()
         """When the connection last answered (or opened): an idle timer measures from here."""
+        self._counted = False
+        """Whether this connection holds one of its source IP's slots (FastServer.per_ip)."""
+        self._write_paused = False
+        """The transport's write buffer is above the high-water mark (pause_writing)."""
+        self._reading_paused = False
+        self._unparsed = b""
+        """What was received but not parsed yet because reading paused mid-chunk."""
+        self._resume_scheduled = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -81,10 +112,37 @@ class MetadataProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._ip = str(peer[0]) if peer else ""
-        self._server.connections.add(self)
+        server = self._server
+        if server.per_ip.get(self._ip, 0) >= server.max_connections_per_ip:
+            # A clear answer rather than a reset: a pod at its cap learns why from its SDK's error.
+            server.metrics.connections_refused.inc()
+            self._write(_TOO_MANY_CONNECTIONS, False, False)
+            return
+        self._counted = True
+        server.per_ip[self._ip] = server.per_ip.get(self._ip, 0) + 1
+        server.connections.add(self)
+        self._transport.set_write_buffer_limits(server.write_buffer_high, server.write_buffer_high // 4)
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if len(data) <= FEED_SLICE and not self._reading_paused:
+            self._feed(data)  # the common case: one request, one feed, no slicing
+            return
+        self._feed_slices(self._unparsed + data if self._unparsed else data)
+
+    def _feed_slices(self, data: bytes) -> None:
+        view, start = memoryview(data), 0
+        while start < len(data):
+            if self._reading_paused or self._closing:
+                self._unparsed = bytes(view[start:])  # bounded by one chunk; parsed on resume
+                return
+            self._feed(view[start:start + FEED_SLICE])
+            start += FEED_SLICE
+        self._unparsed = b""
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -94,9 +152,51 @@ class MetadataProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            left = self._server.per_ip[self._ip] - 1
+            if left:
+                self._server.per_ip[self._ip] = left
+            else:
+                del self._server.per_ip[self._ip]  # the dict holds only IPs with connections
         if self._timer is not None:
             self._timer.cancel()
         self._transport = None
+        self._unparsed = b""
+
+    # -- flow control -------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client is not reading: stop reading its requests until it catches up."""
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._maybe_resume()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None and not self._closing:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        if (self._reading_paused and not self._write_paused and len(self._queue) <= self._server.pipeline_depth // 2
+                and not self._resume_scheduled):
+            # Not from inside the transport's own write-flush or a task callback: next iteration.
+            self._resume_scheduled = True
+            self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._resume_scheduled = False
+        if self._transport is None or self._closing or self._write_paused:
+            return
+        self._reading_paused = False
+        if self._unparsed:
+            data, self._unparsed = self._unparsed, b""
+            self._feed_slices(data)
+        if not self._reading_paused and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
         # In-flight work is left to finish: the credential fetch it may be waiting on is the
         # cache's, and the next request from this pod will use it.
 
@@ -147,6 +247,8 @@ class MetadataProtocol(asyncio.Protocol):
             task.add_done_callback(self._flush)
             self._queue.append((task, head_only, keep_alive))
         self._flush()
+        if len(self._queue) > self._server.pipeline_depth:
+            self._pause_reading()  # replies wait behind a slow one: stop taking more
 
     def _reject(self, reply: Reply) -> NoReturn:
         self._rejection = reply
@@ -165,6 +267,8 @@ class MetadataProtocol(asyncio.Protocol):
                 reply = item
             self._queue.popleft()
             self._write(reply, head_only, keep_alive)
+        if self._reading_paused:
+            self._maybe_resume()
 
     def _write(self, reply: Reply, head_only: bool, keep_alive: bool) -> None:
         transport = self._transport
@@ -174,12 +278,38 @@ class MetadataProtocol(asyncio.Protocol):
         if keep_alive and not head_only:
             transport.write(reply.wire)
         else:
-            transport.write(reply.head + (b"" if keep_alive else _CLOSE) + b"\r\n"
-                            + (b"" if head_only else reply.body))
-        if not keep_alive:
-            self._close()
-        else:
-            self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
+            data = reply.head + (b"" if keep_alive else _CLOSE) + b"\r\n" + (b"" if head_only else reply.body)
+            if not keep_alive:
+                self._write_last(transport, data)
+                return
+            transport.write(data)
+        self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
+
+    def _write_last(self, transport: asyncio.Transport, data: bytes) -> None:
+        """The connection's last reply, with the FIN in the same segment (module docstring).
+
+        Corked, the reply waits in the kernel; shutdown() then puts the FIN on its last
+        segment and sends it (a FIN is never held by the cork). A client thus has the FIN
+        when it has the whole reply and closes second, whatever its speed. Sending the FIN
+        just after the reply is not enough: a client in C closes within microseconds.
+        """
+        self._closing = True
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_write_buffer_size():
+            transport.write(data)  # replies before it are still queued: the FIN follows them
+            transport.close()
+            return
+        raw = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+        try:
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            transport.write(data)
+            if not transport.get_write_buffer_size():
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_WR)
+        finally:
+            raw.detach()  # the transport owns the descriptor and closes it
+        transport.close()
 
     def _fail(self, reply: Reply) -> None:
         self._queue.clear()
@@ -187,8 +317,10 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.close()
 
     def _arm_timer(self, delay: float | None = None) -> None:
         self._timer = self._loop.call_later(
@@ -201,6 +333,9 @@ class MetadataProtocol(asyncio.Protocol):
             return
         quiet_for = self._loop.time() - self._last_reply
         if quiet_for >= self._server.keepalive_timeout:
+            if self._transport is not None and self._transport.get_write_buffer_size():
+                self._transport.abort()  # replies unread for the whole timeout: close() would wait forever
+                return
             self._close()
         else:
             self._arm_timer(self._server.keepalive_timeout - quiet_for)
@@ -208,6 +343,20 @@ class MetadataProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self._queue
+
+    @property
+    def pending_replies(self) -> int:
+        """Replies (or requests being answered) queued behind one not finished yet."""
+        return len(self._queue)
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written to the transport that the client has not taken yet."""
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
 
 def _internal(task: asyncio.Task[Reply]) -> Reply:
@@ -221,9 +370,17 @@ class FastServer:
     exit stops accepting, lets in-flight requests finish within ``grace``, then closes."""
 
     def __init__(self, core: MetadataCore, host: str, port: int, grace: float,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, *, settings: ImdsSettings | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._core, self._host, self._port, self._grace = core, host, port, grace
         self.keepalive_timeout = keepalive_timeout
+        limits = settings or ImdsSettings()
+        self.write_buffer_high = limits.write_buffer_high
+        self.pipeline_depth = limits.pipeline_depth
+        self.max_connections_per_ip = limits.max_connections_per_ip
+        self.metrics = metrics or Metrics()
+        self.per_ip: dict[str, int] = {}
+        """Open connections by source IP (only IPs that have some)."""
         self._server: asyncio.Server | None = None
         self.connections: set[MetadataProtocol] = set()
         self._tasks: set[asyncio.Task[Reply]] = set()

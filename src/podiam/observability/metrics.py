@@ -91,6 +91,11 @@ class Metrics:
             registry=r,
         )
 
+        self.connections_refused = Counter(
+            "podiam_imds_connections_refused_total",
+            "Metadata endpoint connections refused (503, then closed): their source IP held --max-connections-per-ip.",
+            registry=r,
+        )
         self.events = Counter(
             "podiam_kube_events_total",
             "Warning events for pods, by reason and outcome (created, updated, aggregated, failed).",

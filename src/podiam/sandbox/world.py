@@ -122,6 +122,12 @@ class AgentProcess:
     def returncode(self) -> int | None:
         return None if self._process is None else self._process.returncode
 
+    @property
+    def pid(self) -> int:
+        """The agent's process id (for /proc readings); it runs in this process, not a wrapper."""
+        assert self._process is not None, "the agent was not started"
+        return self._process.pid
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
