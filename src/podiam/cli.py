@@ -165,6 +165,8 @@ def _policy_options(f: _F) -> _F:
       help="Pod-facing interface(s) for the DNAT rule: a name, a 'cali+' wildcard or '!eth0' negation.")
 @_opt("iptables/--no-iptables", default=False,
       help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
+@_opt("iptables-check-interval", type=DURATION, default="5s",
+      help="How often the DNAT rule is checked and, if something deleted it, restored (with --iptables).")
 @_opt("http-server", type=click.Choice(["fast", "aiohttp"]), default="fast",
       help="The metadata endpoint's HTTP server: the dedicated fast path, or aiohttp (same behaviour).")
 @_opt("require-imdsv2", is_flag=True, default=False,
@@ -217,6 +219,13 @@ def _check_sessions(flags: dict[str, Any]) -> None:
         )
     if flags["session_duration"] < 900 or flags["session_duration"] > 43200:
         raise ConfigError("--session-duration must be between 15m and 12h (STS limits)")
+
+
+def _positive(flags: dict[str, Any], name: str) -> float:
+    value: float = flags[name]
+    if value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be longer than 0s")
+    return value
 
 
 def _region(environ: Mapping[str, str]) -> str | None:
@@ -279,7 +288,8 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSe
             shutdown_grace=flags["shutdown_grace"],
         ),
         node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],
-                          iptables=flags["iptables"], pod_events=flags["pod_events"]),
+                          iptables=flags["iptables"], pod_events=flags["pod_events"],
+                          iptables_check_interval=_positive(flags, "iptables_check_interval")),
         log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower(), audit_log=flags["audit_log"]),
         metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"]),
     )

@@ -5,11 +5,12 @@ then stop in stages.
 Start: node discovery (region, base ARN) -> STS client and cache -> event recorder -> pod
 index, fed by the pod watcher (after the namespace watcher's first list, when namespace
 restrictions are on) -> the metadata and operator endpoints -> the iptables rule, last, so
-the rule never sends a pod to a port nobody listens on.
+the rule never sends a pod to a port nobody listens on, then its guard (node/rule_guard.py),
+which puts it back whenever something deletes it.
 
 Stop (SIGTERM/SIGINT only set a flag, from the first moment of start-up): not ready -> the
 metadata endpoint stops accepting and in-flight requests finish (up to --shutdown-grace)
--> the iptables rule is removed -> root tasks are cancelled, and any that will not stop is
+-> the rule guard stops -> the iptables rule is removed -> root tasks are cancelled, and any that will not stop is
 named -> clients are closed. A root task that ends on its own stops the agent, which then
 exits non-zero.
 """
@@ -34,17 +35,19 @@ from podiam.imds.ops_app import make_ops_app
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
-from podiam.kube.connection import make_client
+from podiam.kube.connection import KubeClient, make_client
 from podiam.kube.events import EventRecorder
 from podiam.kube.namespace_index import NamespaceIndex, namespace_watcher
 from podiam.kube.pod_index import PodIndex
 from podiam.kube.pod_watcher import pod_watcher
 from podiam.kube.watcher import ListWatcher
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
+from podiam.node.rule_guard import RESTORED_REASON, IptablesRules, RuleGuard
 from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodEntry, PodInfo
 from podiam.policy import RolePolicy
+from podiam.readiness import Readiness
 from podiam.settings import AgentSettings, ImdsSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
@@ -141,6 +144,20 @@ async def _after(event: asyncio.Event, watcher: ListWatcher) -> None:
     await watcher.run()
 
 
+def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics,
+                recorder: EventRecorder | None) -> RuleGuard | None:
+    """The guard of the rule, if one is installed; a restore is told on the Node (with events on)."""
+    if rule is None:
+        return None
+
+    def on_restored(message: str) -> None:
+        if recorder is not None:
+            recorder.warn_node(RESTORED_REASON, message)
+
+    return RuleGuard(IptablesRules(rule), metrics, interval=settings.node.iptables_check_interval,
+                     on_restored=on_restored)
+
+
 def _audit_writer(stack: contextlib.AsyncExitStack, target: str | None) -> AuditWriter:
     if target is None:
         return log_writer
@@ -180,6 +197,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._guard: asyncio.Task[None] | None = None
         self._failure: str | None = None
 
     async def run(self) -> None:
@@ -211,8 +229,10 @@ class Agent:
             client = make_client(s.kube)
             stack.push_async_callback(client.close)
             events: EventSink = NoEvents()
+            recorder: EventRecorder | None = None
             if s.node.pod_events:
-                events = await stack.enter_async_context(EventRecorder(client, self.metrics, node=s.kube.node_name))
+                recorder = await stack.enter_async_context(EventRecorder(client, self.metrics, node=s.kube.node_name))
+                events = recorder
             namespaces = NamespaceIndex(policy, self.metrics) if s.restrictions.enabled else None
 
             def decide(pod: PodInfo) -> Identity:
@@ -225,18 +245,12 @@ class Agent:
                 cache.prefetch(host_identity)
             # Registered before any task exists: a failure later in start-up still stops them.
             stack.push_async_callback(self._stop_tasks)
-            pods = pod_watcher(client, index, s.kube, self.metrics)
-            if namespaces is None:
-                self._spawn("pod-watcher", pods.run())
-            else:
-                namespaces.subscribe(index.decide_again)
-                self._spawn("namespace-watcher", namespace_watcher(client, namespaces, s.kube, self.metrics).run())
-                # Pods are decided once their namespaces are known, not refused meanwhile.
-                self._spawn("pod-watcher", _after(namespaces.synced, pods))
-
-            def ready() -> bool:
-                # Ready means pods are served: index synced, rule (if any) in place, not stopping.
-                return self._started.is_set() and index.synced.is_set() and not self._stop.is_set()
+            watches = self._start_watches(client, index, namespaces)
+            guard = _rule_guard(rule, s, self.metrics, recorder)
+            ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
+                              index_synced=index.synced.is_set, watches=watches,
+                              rule_missing=(lambda: guard.missing) if guard else (lambda: None),
+                              unready_after=s.kube.watch_unready_after)
 
             deps = ImdsDeps(pods=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
@@ -245,13 +259,15 @@ class Agent:
             stop_imds = await _start_metadata_server(deps, s.imds)
             stack.push_async_callback(stop_imds)  # idempotent; normally done in _shutdown
             debug = (lambda: debug_pods(index, cache)) if s.metrics.debug else None
-            ops_site = await _start_site(make_ops_app(self.metrics, ready, debug), s.metrics.bind_address,
+            ops_site = await _start_site(make_ops_app(self.metrics, ready.reason, debug), s.metrics.bind_address,
                                          s.metrics.port, 1.0)
             stack.push_async_callback(ops_site.cleanup)
             if rule is not None:
                 added = await ensure_rule(rule)
                 log.info("iptables rule " + ("installed" if added else "already present"),
                          interface=rule.interface, destination=rule.destination)
+            if guard is not None:
+                self._guard = self._spawn("iptables-guard", guard.run())
             self._started.set()
             log.info("agent started", node=s.kube.node_name, app_port=s.imds.app_port,
                      metrics_port=s.metrics.port, region=region, sts_endpoint=assumer.endpoint_url,
@@ -262,10 +278,26 @@ class Agent:
             finally:
                 await self._shutdown(stop_imds, rule)
 
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+    def _start_watches(self, client: KubeClient, index: PodIndex,
+                       namespaces: NamespaceIndex | None) -> list[ListWatcher]:
+        """Spawn the watch root tasks; the watchers, for readiness."""
+        kube = self.settings.kube
+        pods = pod_watcher(client, index, kube, self.metrics)
+        if namespaces is None:
+            self._spawn("pod-watcher", pods.run())
+            return [pods]
+        namespaces.subscribe(index.decide_again)
+        names = namespace_watcher(client, namespaces, kube, self.metrics)
+        self._spawn("namespace-watcher", names.run())
+        # Pods are decided once their namespaces are known, not refused meanwhile.
+        self._spawn("pod-watcher", _after(namespaces.synced, pods))
+        return [names, pods]
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._root_task_done)
         self._tasks.append(task)
+        return task
 
     def _root_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled():
@@ -278,6 +310,9 @@ class Agent:
     async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None) -> None:
         self._stop.set()
         await stop_imds()  # stop accepting; in-flight requests finish within the grace
+        if self._guard is not None:  # stopped first: it would put back the rule removed below
+            self._guard.cancel()
+            await asyncio.wait([self._guard], timeout=TASK_STOP_TIMEOUT)
         if rule is not None:
             try:
                 removed = await remove_rule(rule)

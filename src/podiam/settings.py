@@ -38,8 +38,20 @@ class KubeSettings:
     terms, from the last resourceVersion, before something in between drops it silently.
     """
 
+    watch_retry_initial: float = 0.2
+    """Seconds: base back-off after the first failed list/watch attempt, doubling per failure.
+    Short, so that one dropped connection is resumed before pods notice."""
+
     watch_retry_max: float = 5.0
     """Seconds: upper bound of the back-off between failed list/watch attempts."""
+
+    watch_unready_after: float = 30.0
+    """Seconds a synced watch may keep failing before /readyz reports the agent not ready.
+
+    The index keeps serving what it last saw, so a short API blip (a control-plane upgrade)
+    should not take every agent out of service; a longer one means new pods and IP reuse
+    go unseen, which an operator must be told.
+    """
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,14 @@ class NodeSettings:
 
     pod_events: bool = True
     """Record Warning events on pods that are refused or fail (needs create/patch on events)."""
+
+    iptables_check_interval: float = 5.0
+    """Seconds between checks that the DNAT rule is still installed (restored if not).
+
+    A CNI or kube-proxy restart, or someone's ``iptables -t nat -F``, can delete it; until
+    it is back, pods time out or reach the node's real IMDS. Each check is one ``iptables
+    -C``, cheap enough to bound that gap to a few seconds.
+    """
 
 
 @dataclass(frozen=True)

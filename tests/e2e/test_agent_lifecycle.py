@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from podiam.node.iptables import DnatRule, rule_count
+from podiam.node.iptables import DnatRule, remove_rule, rule_count
 from podiam.sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -71,6 +71,37 @@ async def test_the_rule_is_added_once_across_restarts_and_removed_at_sigterm(wor
     assert await second.stop(signal.SIGTERM) == 0
     assert await rule_count(rule) == 0
     assert "iptables rule removed" in second.logs()
+
+
+async def test_a_rule_deleted_while_the_agent_runs_is_restored_counted_and_told_on_the_node(
+    world: World,
+) -> None:
+    port = free_port(world.net.gateway_ip)
+    rule = rule_for(world, port)
+    agent = await world.start_agent("--iptables-check-interval", "200ms", app_port=port)
+    try:
+        pod = await world.add_pod("after-flush", "team-c", role="role-f")
+        assert (await pod.http("GET", CREDS)).body == b"role-f"
+        # What a CNI restart or `iptables -t nat -F` does to the rule, limited to ours.
+        assert await remove_rule(rule) == 1
+
+        async def restored() -> bool:
+            return await rule_count(rule) == 1 and "podiam_iptables_rule_restored_total 1.0" in await agent.metrics()
+
+        await wait_until(restored, 20, "the guard to restore the rule")
+
+        async def told() -> bool:
+            return any(e.reason == "IptablesRuleRestored" for e in await world.node_events())
+
+        await wait_until(told, 20, "the Node Warning event")
+        [event] = [e for e in await world.node_events() if e.reason == "IptablesRuleRestored"]
+        assert event.type == "Warning" and "was missing and has been restored" in event.message
+        assert "podiam_iptables_rule_present 1.0" in await agent.metrics()
+        assert "iptables rule restored" in agent.logs()
+        assert (await pod.http("GET", CREDS)).body == b"role-f"  # pods reach the agent again
+    finally:
+        assert await agent.stop() == 0
+    assert await rule_count(rule) == 0  # the guard stopped first: the removal at shutdown stands
 
 
 async def test_a_request_before_the_pods_watch_event_is_answered_within_the_wait(world: World) -> None:

@@ -158,6 +158,30 @@ async def test_the_first_warning_creates_one_event_with_every_field(setup: Setup
     assert setup.outcome(FORBIDDEN, "created") == 1
 
 
+async def test_a_node_warning_is_an_event_on_the_node_aggregated_like_a_pods(setup: Setup) -> None:
+    async with setup.recorder() as recorder:
+        recorder.warn_node("IptablesRuleRestored", "the rule was missing")
+        await setup.until(lambda: count_is_node(setup, 1), "the node event")
+        setup.time.advance(1)
+        recorder.warn_node("IptablesRuleRestored", "the rule was missing again")
+        setup.time.advance(INTERVAL)
+        recorder.wake()
+        await setup.until(lambda: count_is_node(setup, 2), "the aggregated node event")
+    [event] = await setup.events("default")
+    assert re.fullmatch(rf"{NODE}\.[0-9a-f]{{16}}", event["metadata"]["name"])
+    # Cluster-scoped: no namespace in the reference; the kubelet's convention of the name as uid.
+    assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE}
+    assert (event["reason"], event["type"], event["message"]) == (
+        "IptablesRuleRestored", "Warning", "the rule was missing again")
+    assert event["source"] == {"component": "podiam", "host": NODE}
+    assert setup.outcome("IptablesRuleRestored", "created") == 1
+    assert setup.outcome("IptablesRuleRestored", "updated") == 1
+
+
+async def count_is_node(s: Setup, count: int) -> bool:
+    return [e["count"] for e in await s.events("default") if e["involvedObject"]["kind"] == "Node"] == [count]
+
+
 async def test_repeats_within_the_interval_become_one_patch_after_it(setup: Setup) -> None:
     async with setup.recorder() as recorder:
         recorder.warn(pod("a"), FAILED, "AccessDenied: attempt 1")

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podiam.cli import main, parse_duration
+from podiam.cli import agent_settings, main, parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -62,6 +62,7 @@ def test_missing_node_is_a_usage_error() -> None:
     (["--session-duration", "15m", "--session-refresh", "14m30s"], "by more than 60s"),
     (["--session-duration", "5m", "--session-refresh", "1m"], "between 15m and 12h"),
     (["--log-format", "xml"], "xml"),
+    (["--iptables-check-interval", "0s"], "--iptables-check-interval must be longer than 0s"),
 ])
 def test_bad_flags_are_refused_clearly(args: list[str], message: str) -> None:
     code, out = run("agent", "--node", "n1", *args)
@@ -73,3 +74,18 @@ def test_version() -> None:
     code, out = run("--version")
     assert code == 0
     assert "podiam" in out
+
+
+@pytest.mark.parametrize(("args", "env", "seconds"), [
+    ([], {}, 5.0),
+    (["--iptables-check-interval", "2500ms"], {}, 2.5),
+    ([], {"PODIAM_IPTABLES_CHECK_INTERVAL": "1m"}, 60.0),
+])
+def test_the_iptables_check_interval_reaches_the_node_settings(
+    args: list[str], env: dict[str, str], seconds: float
+) -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env=env):  # click's own environment for the parse, nothing patched
+        params = command.make_context("agent", ["--node", "n1", *args]).params
+    assert agent_settings(params, {}).node.iptables_check_interval == seconds
+    assert "PODIAM_IPTABLES_CHECK_INTERVAL" in run("agent", "--help")[1]

@@ -24,11 +24,11 @@ from podiam.errors import ConfigError, CredentialsError, StsCallFailed, StsUnava
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
 from podiam.sts.cache import (
+    BACKOFF_JITTER,
     EXPIRY_MARGIN,
     MAX_TIMER,
     REFRESH_JITTER,
     CredentialCache,
-    backoff_delay,
     refresh_time,
 )
 
@@ -518,6 +518,34 @@ async def test_failures_are_counted_in_state_and_retried_with_backoff(
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]  # rng draws 0: no stretch
 
 
+async def test_an_sts_outage_of_days_is_retried_within_bounds_and_ends_in_credentials(
+    assumer: FakeAssumer, clock: FakeClock, metrics: Metrics
+) -> None:
+    assumer.failure = StsUnavailable("STS could not be reached")
+    async with CredentialCache(assumer, SETTINGS, metrics, clock=clock, rng=random.Random(5)) as cache:  # noqa: S311 - jitter, not secrets
+        cache.prefetch(ID)
+        await until(fetched(cache))
+        outage_end = T0 + dt.timedelta(days=2)
+        while clock.now() < outage_end:
+            next_attempt = cache.state()[ID].next_attempt
+            assert next_attempt is not None  # a retry is always planned: the outage never ends the loop
+            clock.advance_to(next_attempt)
+            await until(fetched(cache))
+        assumer.failure = None
+        next_attempt = cache.state()[ID].next_attempt
+        assert next_attempt is not None
+        clock.advance_to(next_attempt)
+        await until(fetched(cache))
+        assert cache.peek(ID) is not None
+        assert cache.state()[ID].failures == 0
+
+    times = [at for _, at in assumer.calls]
+    delays = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert len(delays) > 2 * 86400 / SETTINGS.backoff_max
+    low = SETTINGS.backoff_initial * (1 - BACKOFF_JITTER)
+    assert all(low <= d <= SETTINGS.backoff_max for d in delays), (min(delays), max(delays))
+
+
 async def test_unexpected_assumer_error_is_an_outage_not_a_crash(
     cache: CredentialCache, assumer: FakeAssumer
 ) -> None:
@@ -619,27 +647,3 @@ def test_refresh_time_is_within_the_jitter_window_and_never_immediate(
     assert at <= max(due, floor)
     assert at >= max(earliest, floor) - dt.timedelta(microseconds=1)
     assert at >= floor
-
-
-@given(
-    failures=st.integers(min_value=1, max_value=10_000),
-    initial=st.floats(min_value=0.001, max_value=100),
-    cap=st.floats(min_value=0.001, max_value=3600),
-    r=fractions,
-)
-def test_backoff_stays_between_initial_and_max(failures: int, initial: float, cap: float, r: float) -> None:
-    settings = StsSettings(backoff_initial=initial, backoff_max=cap)
-    delay = backoff_delay(failures, settings, r)
-    assert delay <= cap
-    assert delay >= min(initial, cap)
-
-
-@given(
-    failures=st.integers(min_value=1, max_value=200),
-    initial=st.floats(min_value=0.001, max_value=100),
-    cap=st.floats(min_value=0.001, max_value=3600),
-)
-def test_backoff_doubles_until_the_cap(failures: int, initial: float, cap: float) -> None:
-    settings = StsSettings(backoff_initial=initial, backoff_max=cap)
-    now, after = backoff_delay(failures, settings, 0.0), backoff_delay(failures + 1, settings, 0.0)
-    assert after == min(cap, now * 2)  # doubling a float is exact

@@ -17,8 +17,12 @@ from podiam.observability.metrics import Metrics
 
 
 def make_ops_app(
-    metrics: Metrics, ready: Callable[[], bool], debug_pods: Callable[[], list[dict[str, Any]]] | None = None
+    metrics: Metrics,
+    not_ready: Callable[[], str | None],
+    debug_pods: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> web.Application:
+    """``not_ready`` says why the agent is not ready, or None when it is (podiam.readiness)."""
+
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -26,9 +30,10 @@ def make_ops_app(
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        if ready():
+        reason = not_ready()
+        if reason is None:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="pod index not synced yet\n")
+        return web.Response(status=503, text=f"{reason}\n")
 
     async def pods_handler(request: web.Request) -> web.Response:
         assert debug_pods is not None

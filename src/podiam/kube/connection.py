@@ -9,6 +9,9 @@ from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 from podiam.errors import ConfigError
 from podiam.settings import KubeSettings
 
+KubeClient = lightkube.AsyncClient
+"""The client type, named here so that layers above kube/ never import lightkube."""
+
 
 def make_client(settings: KubeSettings) -> lightkube.AsyncClient:
     """A client for ``settings.kubeconfig``, else in-cluster config, else KUBECONFIG / ~/.kube/config.

@@ -19,6 +19,10 @@ reason succeeds again), counted, and dropped: nothing retries on its own. Its oc
 stay counted, and the next occurrence of the same (pod, reason) writes them, still at most
 once per interval.
 
+``warn_node(reason, message)`` records the same kind of Warning on this agent's Node (the
+DNAT rule was found missing and restored): what is wrong with the node, not with a pod, is
+seen with ``kubectl describe node`` and ``kubectl get events``.
+
 Intervals run on the injected ``clock``; the writer sleeps on the event loop until the
 earliest due write, or until ``warn`` (or ``wake``) tells it something changed.
 """
@@ -81,11 +85,49 @@ def _event_name(pod_name: str, suffix: str) -> str:
     return f"{pod_name[: MAX_NAME - len(suffix) - 1]}.{suffix}"
 
 
+NODE_EVENT_NAMESPACE = "default"
+"""Where Events on a Node (cluster-scoped) are stored: the kubelet's choice, where
+``kubectl describe node`` looks."""
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """What an Event is about: a pod, or this agent's node."""
+
+    kind: str
+    name: str
+    uid: str
+    namespace: str | None
+    """The object's namespace; None for a Node."""
+
+    @classmethod
+    def of_pod(cls, pod: PodInfo) -> _Subject:
+        return cls("Pod", pod.name, pod.uid, pod.namespace)
+
+    @classmethod
+    def of_node(cls, name: str) -> _Subject:
+        # The kubelet also uses the node's name as its uid in Events: no API read needed.
+        return cls("Node", name, name, None)
+
+    @property
+    def key(self) -> str:
+        """Unique per object: pod uids and node names cannot collide."""
+        return f"{self.kind}/{self.uid}"
+
+    @property
+    def event_namespace(self) -> str:
+        return self.namespace or NODE_EVENT_NAMESPACE
+
+    @property
+    def ref(self) -> str:
+        return f"pod {self.namespace}/{self.name}" if self.namespace is not None else f"node {self.name}"
+
+
 @dataclass(eq=False)
 class _Entry:
-    """One (pod, reason): what the API holds as far as we know, and what is still to write."""
+    """One (object, reason): what the API holds as far as we know, and what is still to write."""
 
-    pod: PodInfo
+    subject: _Subject
     reason: str
     message: str
     first: dt.datetime
@@ -197,15 +239,23 @@ class EventRecorder:
     def warn(self, pod: PodInfo, reason: str, message: str) -> None:
         """Record one occurrence of ``reason`` for ``pod``; the writer writes it. Never raises."""
         try:
-            self._record(pod, reason, message)
+            self._record(_Subject.of_pod(pod), reason, message)
         except Exception:
             # A bug here must not turn a refused credentials request into a 500.
             log.exception("event recorder: occurrence of %s for %s not recorded", reason, pod.ref)
 
+    def warn_node(self, reason: str, message: str) -> None:
+        """Record one occurrence of ``reason`` on this agent's Node; aggregated as for pods."""
+        try:
+            self._record(_Subject.of_node(self._node), reason, message)
+        except Exception:
+            log.exception("event recorder: occurrence of %s for node %s not recorded", reason, self._node)
+
     def forget(self, pod: PodInfo) -> None:
         """Drop the pod's entries, occurrences not written yet included (the pod is gone)."""
-        for reason in self._reasons_by_uid.pop(pod.uid, ()):
-            entry = self._entries.pop((pod.uid, reason), None)
+        key = _Subject.of_pod(pod).key
+        for reason in self._reasons_by_uid.pop(key, ()):
+            entry = self._entries.pop((key, reason), None)
             if entry is not None:
                 entry.ticket = None
 
@@ -217,15 +267,15 @@ class EventRecorder:
         """
         self._wake.set()
 
-    def _record(self, pod: PodInfo, reason: str, message: str) -> None:
+    def _record(self, subject: _Subject, reason: str, message: str) -> None:
         if self._closing:
             return  # the writer is flushing or gone: a new entry would never be written
-        key = (pod.uid, reason)
+        key = (subject.key, reason)
         now, moment = self._clock(), self._now()
         message = message[:MAX_MESSAGE]
         entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry(pod=pod, reason=reason, message=message, first=moment, last=moment, pending=1)
+            entry = _Entry(subject=subject, reason=reason, message=message, first=moment, last=moment, pending=1)
             self._track(key, entry)
             self._schedule(entry, now)
             return
@@ -314,7 +364,7 @@ class EventRecorder:
         self._failing.discard(entry.reason)
 
     async def _send(self, entry: _Entry, count: int, message: str, last: dt.datetime) -> Outcome:
-        namespace = entry.pod.namespace
+        namespace = entry.subject.event_namespace
         if entry.created and entry.name is not None:
             try:
                 await self._patch(entry.name, namespace, count, message, last)
@@ -326,7 +376,7 @@ class EventRecorder:
             else:
                 return "updated"
         if entry.name is None:
-            entry.name = _event_name(entry.pod.name, self._name_suffix())
+            entry.name = _event_name(entry.subject.name, self._name_suffix())
         try:
             await self._client.create(self._event(entry, entry.name, count, message, last))
         except ApiError as e:
@@ -344,13 +394,13 @@ class EventRecorder:
         await self._client.patch(Event, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
 
     def _event(self, entry: _Entry, name: str, count: int, message: str, last: dt.datetime) -> Event:
-        pod = entry.pod
+        subject = entry.subject
         # eventTime stays unset (null): it belongs to the events.k8s.io series API, and kubectl
         # shows core/v1 Events by firstTimestamp, lastTimestamp and count.
         return Event(
-            metadata=ObjectMeta(name=name, namespace=pod.namespace),
+            metadata=ObjectMeta(name=name, namespace=subject.event_namespace),
             involvedObject=ObjectReference(
-                apiVersion="v1", kind="Pod", namespace=pod.namespace, name=pod.name, uid=pod.uid,
+                apiVersion="v1", kind=subject.kind, namespace=subject.namespace, name=subject.name, uid=subject.uid,
             ),
             reason=entry.reason,
             message=message,
@@ -372,8 +422,8 @@ class EventRecorder:
         # Once per reason: during an API outage every pod would otherwise log the same line.
         level = logging.DEBUG if entry.reason in self._failing else logging.WARNING
         self._failing.add(entry.reason)
-        log.log(level, "event %s on pod %s not written (%s); its next occurrence tries again",
-                entry.reason, entry.pod.ref, cause)
+        log.log(level, "event %s on %s not written (%s); its next occurrence tries again",
+                entry.reason, entry.subject.ref, cause)
 
     def _crashed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -7,6 +7,11 @@ pod index (this node's pods) and the namespace index.
 lightkube's own 410 handling restarts the watch without a version, which replays the
 current pods as ADDED but never reports the ones deleted during the gap; their IPs would
 stay claimed by dead pods. So this loop owns list, resume and re-list itself.
+
+Failures are retried forever, with the shared capped back-off (podiam.backoff): an API
+that is unreachable for days, or RBAC that is missing, must leave the agent serving what it
+last saw and resuming when the API answers, never exiting. ``health()`` tells readiness
+and the metrics whether the view was ever synced and since when it has been failing.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx2 as httpx
@@ -22,6 +29,7 @@ import lightkube
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import NamespacedResource
 
+from podiam.backoff import Backoff
 from podiam.observability.metrics import Metrics
 from podiam.settings import KubeSettings
 
@@ -29,6 +37,31 @@ log = logging.getLogger(__name__)
 
 INACTIVITY_MARGIN = 30.0
 """Seconds past the server-side watch timeout after which a silent stream is presumed dead."""
+
+RETRY_JITTER = 0.5
+"""Fraction of a retry delay taken off at random: every node's agent loses the API at the
+same moment, and must not come back to it in lockstep."""
+
+MAX_ERROR = 200
+"""Characters of an error message kept in the health state (it is shown on /readyz)."""
+
+
+@dataclass(frozen=True)
+class WatchHealth:
+    """What a watcher can say about itself; no secrets (error texts are the client's)."""
+
+    synced: bool
+    """A list has succeeded at least once: the sink has held a complete view since."""
+    failing_since: float | None
+    """Monotonic seconds of the first failure since the last success; None when not failing."""
+    last_error: str | None
+    """``Type: message`` of the latest failure, cut to MAX_ERROR; None when not failing."""
+    failures: int
+    """Consecutive failed attempts (what the back-off counts)."""
+
+    def failing_for(self, now: float) -> float:
+        """Seconds the watch has been failing at monotonic ``now``; 0 when it is not."""
+        return 0.0 if self.failing_since is None else max(now - self.failing_since, 0.0)
 
 
 class WatchGone(Exception):
@@ -64,46 +97,86 @@ class ListWatcher:
         *,
         fields: dict[str, Any] | None = None,
         what: str,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
+        """
+        what: how logs and /readyz name this view, e.g. ``pods on node-1``.
+        sleep: waits out a back-off delay (tests pass one that advances a fake clock).
+        clock: monotonic seconds, for how long the watch has been failing.
+        rng: draws in [0, 1) for the back-off's jitter.
+        """
         self._client = client
         self._resource = resource
         self._sink = sink
         self._settings = settings
         self._metrics = metrics
         self._fields = fields
-        self._what = what
+        self.what = what
+        self._sleep, self._clock, self._rng = sleep, clock, rng
+        self._backoff = Backoff(settings.watch_retry_initial, settings.watch_retry_max, RETRY_JITTER)
+        self._label = resource.__name__.lower()
+        self._synced = False
+        self._failing_since: float | None = None
+        self._last_error: str | None = None
+        self._failures = 0
+        metrics.watch_synced.labels(self._label).set(0)
+        metrics.watch_failing_seconds.labels(self._label).set_function(lambda: self.health().failing_for(clock()))
         # ALL_NS for namespaced resources: without it lightkube uses the kubeconfig's namespace.
         namespaced = issubclass(resource, NamespacedResource)
         self._scope: dict[str, Any] = {"namespace": lightkube.ALL_NS} if namespaced else {}
 
+    def health(self) -> WatchHealth:
+        return WatchHealth(synced=self._synced, failing_since=self._failing_since, last_error=self._last_error,
+                           failures=self._failures)
+
     async def run(self) -> None:
         version: str | None = None
-        failures = 0
         while True:
             try:
                 if version is None:
                     version = await self._relist()
+                    self._succeeded(reset_backoff=False)
                 async for seen in self._watch(version):
-                    version, failures = seen, 0
+                    version = seen
+                    self._succeeded(reset_backoff=True)
             except WatchGone:
-                log.info("%s watch: resourceVersion %s expired (410 Gone); re-listing", self._what, version)
-                self._metrics.watch_restarts.labels(self._resource.__name__.lower(), "relist").inc()
+                log.info("%s watch: resourceVersion %s expired (410 Gone); re-listing", self.what, version)
+                self._metrics.watch_restarts.labels(self._label, "relist").inc()
                 version = None
             except Exception as e:
                 # Expected: httpx errors, timeouts, OSError; ValueError for a malformed object or
                 # line; lightkube's own KeyError for an error answer without a Content-Type.
-                failures += 1
-                delay = min(self._settings.watch_retry_max, 0.1 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
-                log.warning("%s watch interrupted (%s: %s); resuming from %s in %.1fs",
-                            self._what, type(e).__name__, e, version or "a fresh list", delay)
-                self._metrics.watch_restarts.labels(self._resource.__name__.lower(), "resume").inc()
-                await asyncio.sleep(delay)
+                delay = self._failed(e)
+                log.warning("%s watch interrupted (%s); resuming from %s in %.1fs",
+                            self.what, self._last_error, version or "a fresh list", delay)
+                self._metrics.watch_restarts.labels(self._label, "resume").inc()
+                await self._sleep(delay)
+
+    def _succeeded(self, *, reset_backoff: bool) -> None:
+        if not self._synced:
+            self._synced = True
+            self._metrics.watch_synced.labels(self._label).set(1)
+        self._failing_since, self._last_error = None, None
+        # A list that succeeds does not reset the back-off: a watch that fails right after
+        # every list must not turn into a tight loop of lists.
+        if reset_backoff:
+            self._failures = 0
+
+    def _failed(self, error: Exception) -> float:
+        """Record one failure; the seconds to wait before the next attempt."""
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        self._last_error = f"{type(error).__name__}: {error}"[:MAX_ERROR]
+        return self._backoff.delay(self._failures, self._rng())
 
     async def _relist(self) -> str:
         listing = self._client.list(self._resource, fields=self._fields, **self._scope)
         objects = [obj async for obj in listing]
         self._sink.replace(objects)
-        log.info("%s listed: %d", self._what, len(objects))
+        log.info("%s listed: %d", self.what, len(objects))
         return listing.resourceVersion
 
     async def _watch(self, version: str) -> AsyncIterator[str]:

@@ -193,7 +193,7 @@ async def ensure_rule(
     Inserted at position 1 so that no earlier PREROUTING rule (a CNI's, another agent's)
     can accept or redirect metadata traffic before it.
     """
-    if await _exists(rule, call_timeout=call_timeout, binary=binary):
+    if await rule_present(rule, call_timeout=call_timeout, binary=binary):
         return False
     await _iptables(["-I", CHAIN, "1", *rule.spec()], call_timeout=call_timeout, binary=binary)
     return True
@@ -230,7 +230,10 @@ class _RuleAbsent(IptablesError):
     """iptables -C or -D did not find the rule: an answer, not a failure, for our callers."""
 
 
-async def _exists(rule: DnatRule, *, call_timeout: float, binary: str) -> bool:
+async def rule_present(
+    rule: DnatRule, *, call_timeout: float = DEFAULT_TIMEOUT, binary: str = "iptables"
+) -> bool:
+    """Whether ``rule`` is in the nat PREROUTING chain (``iptables -C``)."""
     try:
         await _iptables(["-C", CHAIN, *rule.spec()], call_timeout=call_timeout, binary=binary)
     except _RuleAbsent:

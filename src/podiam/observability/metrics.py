@@ -76,6 +76,33 @@ class Metrics:
             ["resource", "reason"],
             registry=r,
         )
+        self.watch_synced = Gauge(
+            "podiam_watch_synced",
+            "1 once a watch (pods, namespaces) has completed its first list, else 0; by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.watch_failing_seconds = Gauge(
+            "podiam_watch_failing_seconds",
+            "Seconds a watch has been failing without a success in between (0 when healthy), by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.iptables_rule_present = Gauge(
+            "podiam_iptables_rule_present",
+            "1 when the last check found the DNAT rule installed (or restored it), 0 while it is missing.",
+            registry=r,
+        )
+        self.iptables_rule_restored = Counter(
+            "podiam_iptables_rule_restored_total",
+            "Times the DNAT rule was found missing while the agent ran, and put back.",
+            registry=r,
+        )
+        self.iptables_check_errors = Counter(
+            "podiam_iptables_check_errors_total",
+            "Checks or restores of the DNAT rule that failed (iptables errors); retried at the next interval.",
+            registry=r,
+        )
         self.refusals = Counter(
             "podiam_imds_refusals_total",
             "Metadata requests refused, by reason.",

@@ -324,6 +324,11 @@ class World:
         events = [e async for e in self.kube.list(Event, namespace=pod.namespace)]
         return [e for e in events if e.involvedObject.name == pod.name]
 
+    async def node_events(self) -> list[Any]:
+        """The Events recorded on this world's Node, as `kubectl describe node` shows them."""
+        events = [e async for e in self.kube.list(Event, namespace="default")]
+        return [e for e in events if e.involvedObject.kind == "Node" and e.involvedObject.name == self.node_name]
+
     async def explain(self, *args: str) -> tuple[int, str]:
         """Run `podiam explain` against this world's API; returns exit code and output."""
         process = await asyncio.create_subprocess_exec(

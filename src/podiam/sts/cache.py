@@ -37,6 +37,7 @@ from typing import Protocol, Self
 
 import structlog
 
+from podiam.backoff import Backoff
 from podiam.credentials import EXPIRY_MARGIN, Credentials, Identity
 from podiam.errors import ConfigError, CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
@@ -51,8 +52,8 @@ REFRESH_JITTER = 0.1
 identities fetched together (a node's start, a rollout) then do not refresh together."""
 
 BACKOFF_JITTER = 0.25
-"""Back-off delays are stretched by up to this fraction, at random, so that identities
-failing together (an STS outage) do not retry together; capped at backoff_max."""
+"""Back-off delays are shortened by up to this fraction, at random, so that identities
+failing together (an STS outage) do not retry together."""
 
 MAX_TIMER = 300.0
 """Seconds: the longest a timer sleeps before checking the wall clock again. Timers run
@@ -114,17 +115,6 @@ def refresh_time(
     return max(due, fetched_at + dt.timedelta(seconds=settings.backoff_initial))
 
 
-def backoff_delay(failures: int, settings: StsSettings, r: float) -> float:
-    """Seconds before the retry that follows ``failures`` consecutive failures (>= 1).
-
-    backoff_initial doubling per failure, stretched by up to BACKOFF_JITTER (``r`` in
-    [0, 1)), within [backoff_initial, backoff_max].
-    """
-    exponent = min(max(failures, 1) - 1, 64)  # 2**64 s is far past any cap; avoids overflow
-    base = min(settings.backoff_max, settings.backoff_initial * 2.0**exponent)
-    return min(settings.backoff_max, base * (1.0 + BACKOFF_JITTER * r))
-
-
 class _Entry:
     """The mutable state of one identity; owned by the cache, never handed out."""
 
@@ -177,6 +167,11 @@ class CredentialCache:
                 f" time before expiry ({settings.session_refresh:g} s) by more than {EXPIRY_MARGIN:g} s;"
                 " otherwise fresh credentials would be due for refresh at once"
             )
+        try:
+            # The shared, capped policy: days of STS outage never overflow the retry arithmetic.
+            self._backoff = Backoff(settings.backoff_initial, settings.backoff_max, BACKOFF_JITTER)
+        except ValueError as e:
+            raise ConfigError(f"STS retry back-off: {e}") from e
         self._assumer = assumer
         self._settings = settings
         self._metrics = metrics
@@ -402,7 +397,7 @@ class CredentialCache:
         else:
             entry.error, entry.error_at = outcome, now
             entry.failures += 1
-            delay = backoff_delay(entry.failures, self._settings, self._rng.random())
+            delay = self._backoff.delay(entry.failures, self._rng.random())
             next_at = now + dt.timedelta(seconds=delay)
             log.warning("credentials not fetched", role_arn=role, session_name=identity.session_name,
                         code=error_code(outcome), error=str(outcome), failures=entry.failures,
