@@ -9,6 +9,7 @@ names are accepted where they mean the same thing, so existing DaemonSets move o
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import sys
@@ -69,6 +70,16 @@ class Duration(click.ParamType[float]):
             return parse_duration(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+
+class IpAddress(click.ParamType[str]):
+    name = "address"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return str(ipaddress.ip_address(str(value)))
+        except ValueError:
+            self.fail(f"{value!r} is not an IPv4 or IPv6 address", param, ctx)
 
 
 class Regexp(click.ParamType[str]):
@@ -184,8 +195,11 @@ def _policy_options(f: _F) -> _F:
       "Default: SDK region discovery only (placement/*, dynamic/instance-identity/document).")
 @_opt("metrics-port", type=click.IntRange(1, 65535), default=9181,
       help="Port of /metrics, /healthz and /readyz; never the app port pods can reach.")
+@_opt("metrics-bind-address", type=IpAddress(), default="0.0.0.0",  # noqa: S104 - scraped from other nodes
+      help="Address the metrics port listens on: all by default, so Prometheus can scrape the node; "
+      "127.0.0.1 or the node's IP narrows who can read the metrics.")
 @_opt("debug", is_flag=True, default=False,
-      help="Serve /debug/pods (pod index and cache state, no secrets) on the metrics port.")
+      help="Serve /debug/pods (pod index and cache state, no secrets) on the metrics port, to loopback callers only.")
 @_opt("audit-log", type=str, default=None,
       help="Write one JSON record per credential issuance to this file ('-': stdout) [default: the log stream].")
 @_opt("shutdown-grace", type=DURATION, default="5s", help="Time in-flight requests get to finish at shutdown.")
@@ -291,7 +305,8 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSe
                           iptables=flags["iptables"], pod_events=flags["pod_events"],
                           iptables_check_interval=_positive(flags, "iptables_check_interval")),
         log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower(), audit_log=flags["audit_log"]),
-        metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"]),
+        metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"],
+                                bind_address=flags["metrics_bind_address"]),
     )
 
 

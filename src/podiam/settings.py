@@ -240,7 +240,8 @@ class MetricsSettings:
     """Port of /metrics, /healthz and /readyz; never the app port pods can reach."""
 
     debug: bool = False
-    """Serve /debug/pods (the pod index and cache state, no secrets) on this port."""
+    """Serve /debug/pods (the pod index and cache state, no secrets) on this port, to loopback
+    callers only: it names every pod, IP and role, and pods can reach this port too."""
 
     bind_address: str = "0.0.0.0"  # noqa: S104 - scraped from other nodes
     """Address the metrics endpoint listens on."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import aiohttp
 import pytest
 
 from podiam.node.iptables import DnatRule, remove_rule, rule_count
+from podiam.sandbox.netns import PodHttpError
 from podiam.sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -167,3 +169,27 @@ async def test_logs_record_issuance_and_never_a_secret(world: World, log_format:
     assert doc["AccessKeyId"] in issued[0] and "team-c" in issued[0] and "role-audit" in issued[0]
     assert "role_mismatch" in logs
     assert "node metadata proxied" in logs and "placement/region" in logs
+
+
+async def test_debug_pods_is_for_loopback_and_the_metrics_bind_address_narrows_the_port(world: World) -> None:
+    agent = await world.start_agent("--debug")
+    try:
+        pod = await world.add_pod("curious", "team-d", role="role-d")
+        from_pod = await pod.net.http("GET", "/debug/pods", host=world.net.gateway_ip, port=agent.metrics_port)
+        assert from_pod.status == 403  # it would list every pod, IP and role of the node
+        assert b"role-d" not in from_pod.body
+        assert (await pod.net.http("GET", "/metrics", host=world.net.gateway_ip, port=agent.metrics_port)).status == 200
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{agent.metrics_port}/debug/pods") as resp:
+            assert resp.status == 200
+            assert "role-d" in await resp.text()
+    finally:
+        assert await agent.stop() == 0
+    narrowed = await world.start_agent("--metrics-bind-address", "127.0.0.1")
+    try:
+        pod = await world.add_pod("curious-2", "team-d", role="role-d")
+        with pytest.raises(PodHttpError) as refused:
+            await pod.net.http("GET", "/metrics", host=world.net.gateway_ip, port=narrowed.metrics_port)
+        assert refused.value.reason == "ConnectionRefusedError"
+    finally:
+        assert await narrowed.stop() == 0

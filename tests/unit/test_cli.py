@@ -63,6 +63,7 @@ def test_missing_node_is_a_usage_error() -> None:
     (["--session-duration", "5m", "--session-refresh", "1m"], "between 15m and 12h"),
     (["--log-format", "xml"], "xml"),
     (["--iptables-check-interval", "0s"], "--iptables-check-interval must be longer than 0s"),
+    (["--metrics-bind-address", "all"], "'all' is not an IPv4 or IPv6 address"),
 ])
 def test_bad_flags_are_refused_clearly(args: list[str], message: str) -> None:
     code, out = run("agent", "--node", "n1", *args)

@@ -8,9 +8,9 @@ import datetime as dt
 
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
-from podiam.imds.upstream import UpstreamResponse
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
+from podiam.imds.upstream import UpstreamResponse
 from podiam.kube.pod_index import PodIndex
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
@@ -20,8 +20,8 @@ from podiam.settings import ImdsSettings, RoleSettings
 
 BASE = "arn:aws:iam::123456789012:role/"
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-CREDS = Credentials("ASIAEXAMPLE", "wJalrXUtnFEMI-SECRET-KEY", "FwoGZXIvYXdz-SESSION-TOKEN", NOW + dt.timedelta(hours=1),
-                    NOW)
+CREDS = Credentials("ASIAEXAMPLE", "wJalrXUtnFEMI-SECRET-KEY", "FwoGZXIvYXdz-SESSION-TOKEN",
+                    NOW + dt.timedelta(hours=1), NOW)
 
 
 class Source:

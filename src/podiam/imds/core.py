@@ -149,7 +149,7 @@ def _text(status: int, body: str | bytes, extra: tuple[tuple[str, str], ...] = (
 
 _OK = _text(200, "ok\n")
 _READY = _text(200, "ready\n")
-_NOT_READY = _text(503, "pod index not synced yet\n")
+_NOT_READY = _text(503, "not ready (the reason is on the metrics port's /readyz)\n")
 _IAM_INDEX = _text(200, "info\nsecurity-credentials/")
 _NO_ROUTE = Match(Route.OTHER, path=CanonicalPath("/"))
 """The route a non-canonical target is measured under: it never reached routing."""
