@@ -143,7 +143,7 @@ async def start_agent(world: World, *flags: str, iptables: bool = True, argv_pre
     if argv_prefix is None:
         process = await world.start_agent(*flags, iptables=iptables, env={**agent_env(), **(env or {})})
     else:
-        app_port, metrics_port = free_port(world.net.gateway_ip), free_port()
+        app_port, metrics_port = free_port(), free_port()
         argv = world.agent_argv(*flags, app_port=app_port, metrics_port=metrics_port, iptables=iptables)
         assert argv[2:4] == ["podiam", "agent"], argv
         argv = [*argv_prefix, *argv[4:]]

@@ -58,7 +58,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
     if creds.status != 200:
         raise RuntimeError(f"the agent answered {creds.status}: {creds.body[:300]!r}")
     gateway = world.net.gateway_ip
-    nginx_port = free_port(gateway)
+    nginx_port = free_port()
     async with contextlib.AsyncExitStack() as stack:
         nginx = await stack.enter_async_context(
             nginx_serving(creds.body, path, host=gateway, port=nginx_port, workdir=ctx.workdir, result=result))

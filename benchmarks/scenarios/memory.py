@@ -67,7 +67,7 @@ async def _start_once(world: World, ctx: Context, pods: int, run: int,
                       result: ScenarioResult) -> tuple[float, float, float, float]:
     """(seconds to /readyz 200, seconds to every identity cached, RSS MiB then, peak RSS MiB)."""
     metrics_port = free_port()
-    argv = world.agent_argv("--log-level", "warning", app_port=free_port(world.net.gateway_ip),
+    argv = world.agent_argv("--log-level", "warning", app_port=free_port(),
                             metrics_port=metrics_port, iptables=True)
     result.command(argv)
     env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **world.sts.client_env(), **agent_env()}

@@ -59,7 +59,7 @@ async def test_required_imdsv2_refuses_tokenless_requests_and_serves_sdks(world:
 
 
 async def test_the_rule_is_added_once_across_restarts_and_removed_at_sigterm(world: World) -> None:
-    port = free_port(world.net.gateway_ip)
+    port = free_port()
     rule = rule_for(world, port)
     first = await world.start_agent(app_port=port)
     assert await rule_count(rule) == 1
@@ -78,7 +78,7 @@ async def test_the_rule_is_added_once_across_restarts_and_removed_at_sigterm(wor
 async def test_a_rule_deleted_while_the_agent_runs_is_restored_counted_and_told_on_the_node(
     world: World,
 ) -> None:
-    port = free_port(world.net.gateway_ip)
+    port = free_port()
     rule = rule_for(world, port)
     agent = await world.start_agent("--iptables-check-interval", "200ms", app_port=port)
     try:
@@ -107,7 +107,7 @@ async def test_a_rule_deleted_while_the_agent_runs_is_restored_counted_and_told_
 
 
 async def test_a_request_before_the_pods_watch_event_is_answered_within_the_wait(world: World) -> None:
-    port = free_port(world.net.gateway_ip)
+    port = free_port()
     agent = await world.start_agent("--pod-wait", "5s", app_port=port)
     try:
         pod = await world.add_pod("early-bird", "team-c", register=False)
@@ -123,7 +123,7 @@ async def test_a_request_before_the_pods_watch_event_is_answered_within_the_wait
 
 
 async def test_shutdown_lets_in_flight_requests_finish(world: World) -> None:
-    port = free_port(world.net.gateway_ip)
+    port = free_port()
     agent = await world.start_agent("--pod-wait", "5s", "--shutdown-grace", "10s", app_port=port)
     pod = await world.add_pod("in-flight", "team-c", register=False)
     request = asyncio.create_task(pod.http("GET", CREDS))

@@ -60,9 +60,15 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.05)  # the polling interval; the deadline bounds the wait
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
+    """A TCP port nothing on this host uses now, on any address.
+
+    Probed on the wildcard address because the agent listens there: a port free on one
+    address can still be taken on another (a client's ephemeral port to moto or the API
+    emulator on 127.0.0.1), and then the agent's bind to 0.0.0.0 fails.
+    """
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("0.0.0.0", 0))  # noqa: S104 - probing, not serving
         return int(s.getsockname()[1])
 
 
@@ -304,7 +310,7 @@ class World:
                           env: Mapping[str, str] | None = None) -> AgentProcess:
         """Start ``podiam agent`` for this node and wait until it is ready."""
         metrics_port = free_port()
-        argv = self.agent_argv(*extra, app_port=app_port or free_port(self.net.gateway_ip),
+        argv = self.agent_argv(*extra, app_port=app_port or free_port(),
                                metrics_port=metrics_port, iptables=iptables)
         agent_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
                      **self.sts.client_env(), **(env or {})}
