@@ -163,6 +163,8 @@ class MetadataProtocol(asyncio.Protocol):
             self._timer.cancel()
         self._transport = None
         self._unparsed = b""
+        # In-flight work is left to finish: the credential fetch it may be waiting on is the
+        # cache's, and the next request from this pod will use it.
 
     # -- flow control -------------------------------------------------------------------------
 
@@ -197,8 +199,6 @@ class MetadataProtocol(asyncio.Protocol):
             self._feed_slices(data)
         if not self._reading_paused and self._transport is not None and not self._closing:
             self._transport.resume_reading()
-        # In-flight work is left to finish: the credential fetch it may be waiting on is the
-        # cache's, and the next request from this pod will use it.
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -317,10 +317,8 @@ class MetadataProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        transport = self._transport
-        if transport is None:
-            return
-        transport.close()
+        if self._transport is not None:
+            self._transport.close()
 
     def _arm_timer(self, delay: float | None = None) -> None:
         self._timer = self._loop.call_later(
