@@ -45,6 +45,8 @@ class FakeApi:
     def __init__(self) -> None:
         self.failing = True
         self.lists = 0
+        self.watches = 0
+        self.streams_end_at_once = False
         self.watching = asyncio.Event()
 
     def list(self, resource: type[Any], **_: Any) -> FakeListing:
@@ -53,6 +55,10 @@ class FakeApi:
     async def watch(self, resource: type[Any], **_: Any) -> AsyncIterator[tuple[str, Any]]:
         if self.failing:
             raise httpx.ConnectError("All connection attempts failed")
+        self.watches += 1
+        if self.streams_end_at_once:
+            await asyncio.sleep(0)  # yield, as a real stream does, so a busy loop cannot hang the test
+            return  # a server (or proxy) that closes every watch at once, empty
         self.watching.set()
         await asyncio.Event().wait()  # a healthy watch with nothing to report, until cancelled
         yield ("ADDED", None)  # pragma: no cover - never reached; makes this an async generator
@@ -134,6 +140,38 @@ async def test_failing_seconds_are_exported_while_the_watch_fails() -> None:
         now = 142.0
         assert metrics.registry.get_sample_value("podiam_watch_failing_seconds", {"resource": "pod"}) == 42
         assert metrics.registry.get_sample_value("podiam_watch_synced", {"resource": "pod"}) == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_watch_streams_that_end_at_once_are_retried_with_back_off_not_in_a_busy_loop() -> None:
+    api, settings = FakeApi(), KubeSettings(node_name="n")
+    api.failing, api.streams_end_at_once = False, True
+    now = 0.0
+    delays: list[float] = []
+    enough = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now
+        delays.append(seconds)
+        now += seconds
+        if len(delays) >= 50:
+            enough.set()
+            await asyncio.Event().wait()
+
+    watcher = ListWatcher(cast(lightkube.AsyncClient, api), Pod, Sink(), settings, Metrics(), what="pods on n",
+                          sleep=sleep, clock=lambda: now, rng=random.Random(3).random)  # noqa: S311
+    task = asyncio.create_task(watcher.run(), name="watcher-under-test")
+    try:
+        waiter = asyncio.create_task(enough.wait(), name="enough")
+        done, _ = await asyncio.wait({task, waiter}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        assert task not in done
+        assert enough.is_set(), f"{api.watches} watches without a single back-off"
+        assert api.watches == 50  # one wait per stream
+        assert max(delays) > settings.watch_retry_max * (1 - RETRY_JITTER)  # growing up to the cap
+        assert watcher.health().last_error == "WatchEndedAtOnce: the API server ended the watch at once, with no event"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

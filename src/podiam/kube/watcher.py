@@ -64,6 +64,14 @@ class WatchHealth:
         return 0.0 if self.failing_since is None else max(now - self.failing_since, 0.0)
 
 
+MIN_QUIET_STREAM = 1.0
+"""Seconds: a watch stream that ends sooner than this without an event counts as a failure."""
+
+
+class WatchEndedAtOnce(Exception):
+    """The API server closed a watch stream at once, with nothing in it."""
+
+
 class WatchGone(Exception):
     """The API server no longer has our resourceVersion (410): only a re-list helps."""
 
@@ -138,9 +146,17 @@ class ListWatcher:
                 if version is None:
                     version = await self._relist()
                     self._succeeded(reset_backoff=False)
+                opened, events = self._clock(), 0
                 async for seen in self._watch(version):
-                    version = seen
+                    version, events = seen, events + 1
                     self._succeeded(reset_backoff=True)
+                if not events and self._clock() - opened < MIN_QUIET_STREAM:
+                    # A stream the server ends at once, empty, is retried like a failure: an API
+                    # (or proxy) that closes every watch must not turn this loop into a busy one.
+                    delay = self._failed(WatchEndedAtOnce("the API server ended the watch at once, with no event"))
+                    log.warning("%s watch ended at once; resuming from %s in %.1fs", self.what, version, delay)
+                    self._metrics.watch_restarts.labels(self._label, "resume").inc()
+                    await self._sleep(delay)
             except WatchGone:
                 log.info("%s watch: resourceVersion %s expired (410 Gone); re-listing", self.what, version)
                 self._metrics.watch_restarts.labels(self._label, "relist").inc()
