@@ -15,6 +15,7 @@ import signal
 import sys
 
 from podiam.node.iptables import DnatRule, rule_count
+from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_ROLE_NAME
 from podiam.sandbox.world import ACCOUNT, World, WorldError, WorldPod
 
 PODS = [
@@ -83,6 +84,11 @@ async def demo() -> int:
         say(f"   and the node's user-data from a pod: {user_data.status} "
             f"({user_data.body.decode().strip()})")
         ok &= user_data.status == 404
+        traversal = await pods[0][0].http(
+            "GET", f"/latest/meta-data/placement/../iam/security-credentials/{NODE_ROLE_NAME}")
+        say(f"   and the node's credentials by path traversal (placement/../iam/...): {traversal.status} "
+            f"({traversal.body.decode().strip().rpartition(': ')[2]})")
+        ok &= traversal.status == 400 and NODE_ACCESS_KEY_ID.encode() not in traversal.body
         say("\n5. Stopping the agent (SIGTERM) and tearing everything down ...")
         code = await agent.stop(signal.SIGTERM)
         remaining = await rule_count(rule)
