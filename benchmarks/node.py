@@ -22,7 +22,7 @@ from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
 from benchmarks.common import BENCH_DIR, agent_env, find_pid, spawned
-from podiam.sandbox.world import AgentProcess, World, free_port
+from podiam.sandbox.world import AgentProcess, World, WorldPod, free_port
 
 ROLE_KEY = "iam.amazonaws.com/role"
 PODCLIENT = BENCH_DIR / "podclient.py"
@@ -42,6 +42,19 @@ async def bench_world() -> AsyncIterator[World]:
             for agent in world.agents:
                 print(f"--- {agent.log_path}:\n{agent.logs()[-3000:]}", file=sys.stderr, flush=True)
             raise
+
+
+BASELINE_ENV = "PODIAM_BENCH_BASELINE"
+"""Names a src/ tree of another commit: the hot-path and churn scenarios run an agent from it too."""
+
+
+async def imds_token(pod: WorldPod, port: int) -> str:
+    """An IMDSv2 token from the metadata server the pod reaches at 169.254.169.254:``port``."""
+    resp = await pod.net.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
+                              port=port)
+    if resp.status != 200:
+        raise RuntimeError(f"the token request answered {resp.status}: {resp.body[:300]!r}")
+    return resp.body.decode()
 
 
 async def create_pod(world: World, name: str, namespace: str, role: str | None) -> None:

@@ -17,9 +17,9 @@ import os
 from benchmarks.common import ScenarioResult, Target, agent_has_flag, pairwise
 from benchmarks.common import run as run_command
 from benchmarks.http_load import dnat_rule, nginx_serving, wrk
-from benchmarks.node import bench_world, start_agent
+from benchmarks.node import BASELINE_ENV, bench_world, imds_token, start_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, WorldPod, free_port
+from podiam.sandbox.world import World, free_port
 
 KEY = "churn"
 TITLE = "6. Connection churn (wrk with Connection: close, in rounds, agent vs nginx)"
@@ -27,7 +27,6 @@ ROLE = "churn-role"
 CREDS = "/latest/meta-data/iam/security-credentials/"
 AGENT_PORT, NGINX_PORT, BASELINE_PORT = 80, 81, 83
 """Ports of 169.254.169.254 as the pod sees them: the agent, nginx, the baseline agent."""
-BASELINE_ENV = "PODIAM_BENCH_BASELINE"
 STEADY = 0.7
 """The target: no round below this fraction of the median round."""
 
@@ -35,14 +34,6 @@ STEADY = 0.7
 async def run(ctx: Context, result: ScenarioResult) -> None:
     async with bench_world() as world:
         await _run(world, ctx, result)
-
-
-async def _token(pod: WorldPod, port: int) -> str:
-    resp = await pod.net.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
-                              port=port)
-    if resp.status != 200:
-        raise RuntimeError(f"the token request answered {resp.status}: {resp.body[:300]!r}")
-    return resp.body.decode()
 
 
 async def _time_wait(netns: str, port: int) -> int:
@@ -61,7 +52,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
     result.command(agent.process.argv)
     pod = await world.add_pod("churn", "bench", role=ROLE)
     path = CREDS + ROLE
-    token = await _token(pod, AGENT_PORT)
+    token = await imds_token(pod, AGENT_PORT)
     creds = await pod.http("GET", path, {"X-aws-ec2-metadata-token": token})
     if creds.status != 200:
         raise RuntimeError(f"the agent answered {creds.status}: {creds.body[:300]!r}")
@@ -80,7 +71,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
             result.command(f"PYTHONPATH={baseline} " + " ".join(other.process.argv))
             await stack.enter_async_context(
                 dnat_rule(world.net.bridge_name, BASELINE_PORT, host=gateway, port=other.app_port, result=result))
-            targets["baseline"] = (BASELINE_PORT, await _token(pod, BASELINE_PORT))
+            targets["baseline"] = (BASELINE_PORT, await imds_token(pod, BASELINE_PORT))
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for _ in range(p.churn_rounds):
             for name, (port, tok) in targets.items():  # interleaved: drift and leftovers hit all alike

@@ -12,9 +12,9 @@ import os
 
 from benchmarks.common import ScenarioResult, Target, agent_has_flag, cpu_seconds, pairwise
 from benchmarks.http_load import dnat_rule, nginx_serving, wrk
-from benchmarks.node import bench_world, start_agent
+from benchmarks.node import BASELINE_ENV, bench_world, imds_token, start_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, WorldPod, free_port
+from podiam.sandbox.world import World, free_port
 
 KEY = "hot_path"
 TITLE = "1. Hot path vs the limit (cached credential GET, wrk, agent vs nginx)"
@@ -26,20 +26,11 @@ AIOHTTP_METADATA_PORT = 82
 """... and the agent on its aiohttp server (``--http-server aiohttp``) at :82."""
 BASELINE_METADATA_PORT = 84
 """... and, with PODIAM_BENCH_BASELINE=/other/src, an agent from that source tree at :84."""
-BASELINE_ENV = "PODIAM_BENCH_BASELINE"
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
     async with bench_world() as world:
         await _run(world, ctx, result)
-
-
-async def _token(pod: WorldPod, port: int) -> str:
-    resp = await pod.net.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
-                              port=port)
-    if resp.status != 200:
-        raise RuntimeError(f"the token request answered {resp.status}: {resp.body[:300]!r}")
-    return resp.body.decode()
 
 
 async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
@@ -53,7 +44,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
     result.command(agent.process.argv)
     pod = await world.add_pod("wrk", "bench", role=ROLE)
     path = CREDS + ROLE
-    token = await _token(pod, 80)
+    token = await imds_token(pod, 80)
     creds = await pod.http("GET", path, {"X-aws-ec2-metadata-token": token})
     if creds.status != 200:
         raise RuntimeError(f"the agent answered {creds.status}: {creds.body[:300]!r}")
@@ -77,7 +68,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
             await stack.enter_async_context(
                 dnat_rule(world.net.bridge_name, AIOHTTP_METADATA_PORT, host=gateway, port=other.app_port,
                           result=result))
-            other_token = await _token(pod, AIOHTTP_METADATA_PORT)
+            other_token = await imds_token(pod, AIOHTTP_METADATA_PORT)
             targets["agent_aiohttp_dnat"] = (other.pid, f"http://169.254.169.254:{AIOHTTP_METADATA_PORT}{path}",
                                              other_token)
             targets["agent_aiohttp_direct"] = (other.pid, f"http://{gateway}:{other.app_port}{path}", other_token)
@@ -89,7 +80,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
                 dnat_rule(world.net.bridge_name, BASELINE_METADATA_PORT, host=gateway, port=base.app_port,
                           result=result))
             targets["agent_baseline_dnat"] = (base.pid, f"http://169.254.169.254:{BASELINE_METADATA_PORT}{path}",
-                                              await _token(pod, BASELINE_METADATA_PORT))
+                                              await imds_token(pod, BASELINE_METADATA_PORT))
         targets["agent_direct"] = (agent.pid, f"http://{gateway}:{agent.app_port}{path}", token)
         targets["nginx_direct"] = (nginx.pid, f"http://{gateway}:{nginx_port}{path}", token)
 
