@@ -57,6 +57,16 @@ async def imds_token(pod: WorldPod, port: int) -> str:
     return resp.body.decode()
 
 
+async def served_credentials(pod: WorldPod, path: str) -> tuple[str, bytes]:
+    """A token and the agent's credential reply for ``path``, as the pod's SDK gets them: the
+    bytes nginx then serves, so both servers answer the same."""
+    token = await imds_token(pod, 80)
+    resp = await pod.http("GET", path, {"X-aws-ec2-metadata-token": token})
+    if resp.status != 200:
+        raise RuntimeError(f"the agent answered {resp.status}: {resp.body[:300]!r}")
+    return token, resp.body
+
+
 async def create_pod(world: World, name: str, namespace: str, role: str | None) -> None:
     """The Pod object as the scheduler leaves it: bound to this node, no IP yet."""
     await world.ensure_namespace(namespace)

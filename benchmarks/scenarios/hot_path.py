@@ -12,7 +12,7 @@ import os
 
 from benchmarks.common import ScenarioResult, Target, agent_has_flag, cpu_seconds, pairwise
 from benchmarks.http_load import dnat_rule, nginx_serving, wrk
-from benchmarks.node import BASELINE_ENV, bench_world, imds_token, start_agent
+from benchmarks.node import BASELINE_ENV, bench_world, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
 from podiam.sandbox.world import World, free_port
 
@@ -44,15 +44,12 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
     result.command(agent.process.argv)
     pod = await world.add_pod("wrk", "bench", role=ROLE)
     path = CREDS + ROLE
-    token = await imds_token(pod, 80)
-    creds = await pod.http("GET", path, {"X-aws-ec2-metadata-token": token})
-    if creds.status != 200:
-        raise RuntimeError(f"the agent answered {creds.status}: {creds.body[:300]!r}")
+    token, body = await served_credentials(pod, path)
     gateway = world.net.gateway_ip
     nginx_port = free_port()
     async with contextlib.AsyncExitStack() as stack:
         nginx = await stack.enter_async_context(
-            nginx_serving(creds.body, path, host=gateway, port=nginx_port, workdir=ctx.workdir, result=result))
+            nginx_serving(body, path, host=gateway, port=nginx_port, workdir=ctx.workdir, result=result))
         await stack.enter_async_context(
             dnat_rule(world.net.bridge_name, NGINX_METADATA_PORT, host=gateway, port=nginx_port, result=result))
         # name -> (server pid, URL, token); tokens are per agent process (HMAC key), nginx ignores them.
