@@ -44,7 +44,7 @@ warnings.warn("an old API", DeprecationWarning, stacklevel=1)
 
 
 def run(log_format: str) -> list[str]:
-    done = subprocess.run(  # noqa: S603 - a fixed argv: this interpreter and the program above
+    done = subprocess.run(
         [sys.executable, "-W", "always", "-c", PROGRAM, log_format],
         capture_output=True, text=True, timeout=60, check=True,
     )
