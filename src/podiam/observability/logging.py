@@ -18,6 +18,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 # Libraries that are chatty at INFO about things an operator does not act on.
 _QUIET = {"botocore": logging.WARNING, "aiobotocore": logging.WARNING, "httpx": logging.WARNING,
           "httpx2": logging.WARNING,  # lightkube 1.x's client logs every API call at info
+          # ...and its transport traces every connection and request phase at debug, which
+          # would bury podiam's own per-request lines at --log-level debug.
+          "httpcore": logging.WARNING, "httpcore2": logging.WARNING,
           "aiohttp.access": logging.WARNING}
 
 
