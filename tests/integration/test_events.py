@@ -268,13 +268,15 @@ async def test_an_api_error_is_counted_logged_once_and_dropped(
         recorder.warn(pod("a"), FORBIDDEN, "forbidden")
         recorder.warn(pod("b"), FORBIDDEN, "forbidden")
         await setup.until(lambda: setup.outcome(FORBIDDEN, "failed") == 2, "two failed writes")
-        # The records carry structlog's event dict (tests/conftest.py routes structlog through stdlib).
-        warnings = [r.msg for r in caplog.records if r.name == "podiam.kube.events" and r.levelno == logging.WARNING]
+        warnings = [r for r in caplog.records if r.name == "podiam.kube.events" and r.levelno == logging.WARNING]
         assert len(warnings) == 1
-        assert warnings[0]["event"] == "event not written; its next occurrence tries again"
-        assert warnings[0]["reason"] == "IAMRoleForbidden"
-        assert warnings[0]["subject"] in ("pod ns/a", "pod ns/b")
-        assert warnings[0]["error"].startswith("500 InternalError: etcdserver: request timed out")
+        # The record carries structlog's event dict (tests/conftest.py routes structlog through stdlib).
+        warning = warnings[0].msg
+        assert isinstance(warning, dict)
+        assert warning["event"] == "event not written; its next occurrence tries again"
+        assert warning["reason"] == "IAMRoleForbidden"
+        assert warning["subject"] in ("pod ns/a", "pod ns/b")
+        assert warning["error"].startswith("500 InternalError: etcdserver: request timed out")
 
         outage["on"] = False
         recorder.warn(pod("c"), FORBIDDEN, "forbidden")  # the writer goes on with later writes
