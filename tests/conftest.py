@@ -1,4 +1,5 @@
-"""Suite-wide rules: no test may leave asyncio tasks behind; root-only tests skip elsewhere."""
+"""Suite-wide rules: no test may leave asyncio tasks behind; root-only tests skip elsewhere;
+podiam's structlog events reach pytest's caplog as records that carry their fields."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+
+from podiam.observability.logging import route_through_stdlib
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # As the agent does it, minus its handler: caplog then holds each event's dict in
+    # record.msg, and tests assert on the event and its fields, not on rendered text.
+    route_through_stdlib()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from podiam.errors import NodeMetadataError
 from podiam.imds.target import CanonicalPath
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 TOKEN_TTL = 21600
 _TOKEN_RENEW_BEFORE = 60.0
@@ -112,7 +112,7 @@ class NodeMetadataClient:
                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)},
                 ) as resp:
                     if resp.status != 200:
-                        log.debug("node metadata token request answered %d; using IMDSv1", resp.status)
+                        log.debug("node metadata token refused; using IMDSv1", status=resp.status)
                         return None
                     self._token = (await resp.text()).strip()
                     self._token_expiry = time.monotonic() + TOKEN_TTL - _TOKEN_RENEW_BEFORE

@@ -34,7 +34,6 @@ import collections
 import contextlib
 import datetime as dt
 import heapq
-import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import lightkube
+import structlog
 from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
@@ -52,7 +52,7 @@ from lightkube.types import PatchType
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 COMPONENT = "podiam"
 """source.component and reportingComponent: what ``kubectl describe`` shows as "From"."""
@@ -220,8 +220,7 @@ class EventRecorder:
             async with asyncio.timeout(self._flush_timeout):
                 await asyncio.shield(task)  # shielded: on timeout we cancel it ourselves, below
         except TimeoutError:
-            log.warning("event recorder: pending events not written within %.1fs at shutdown; dropped",
-                        self._flush_timeout)
+            log.warning("pending events not written at shutdown; dropped", flush_timeout=self._flush_timeout)
         except Exception:  # noqa: S110  # already logged by _crashed; exit must not fail for an Event
             pass
         finally:
@@ -242,14 +241,14 @@ class EventRecorder:
             self._record(_Subject.of_pod(pod), reason, message)
         except Exception:
             # A bug here must not turn a refused credentials request into a 500.
-            log.exception("event recorder: occurrence of %s for %s not recorded", reason, pod.ref)
+            log.exception("event occurrence not recorded", reason=reason, pod=pod.ref)
 
     def warn_node(self, reason: str, message: str) -> None:
         """Record one occurrence of ``reason`` on this agent's Node; aggregated as for pods."""
         try:
             self._record(_Subject.of_node(self._node), reason, message)
         except Exception:
-            log.exception("event recorder: occurrence of %s for node %s not recorded", reason, self._node)
+            log.exception("event occurrence not recorded", reason=reason, node=self._node)
 
     def forget(self, pod: PodInfo) -> None:
         """Drop the pod's entries, occurrences not written yet included (the pod is gone)."""
@@ -420,10 +419,10 @@ class EventRecorder:
         else:
             cause = f"{type(error).__name__}: {str(error)[:200]}"
         # Once per reason: during an API outage every pod would otherwise log the same line.
-        level = logging.DEBUG if entry.reason in self._failing else logging.WARNING
+        emit = log.debug if entry.reason in self._failing else log.warning
         self._failing.add(entry.reason)
-        log.log(level, "event %s on %s not written (%s); its next occurrence tries again",
-                entry.reason, entry.subject.ref, cause)
+        emit("event not written; its next occurrence tries again", reason=entry.reason, subject=entry.subject.ref,
+             error=cause)
 
     def _crashed(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

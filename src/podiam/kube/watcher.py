@@ -17,7 +17,6 @@ and the metrics whether the view was ever synced and since when it has been fail
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 
 import httpx2 as httpx
 import lightkube
+import structlog
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import NamespacedResource
 
@@ -33,7 +33,7 @@ from podiam.backoff import Backoff
 from podiam.observability.metrics import Metrics
 from podiam.settings import KubeSettings
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 INACTIVITY_MARGIN = 30.0
 """Seconds past the server-side watch timeout after which a silent stream is presumed dead."""
@@ -154,19 +154,22 @@ class ListWatcher:
                     # A stream the server ends at once, empty, is retried like a failure: an API
                     # (or proxy) that closes every watch must not turn this loop into a busy one.
                     delay = self._failed(WatchEndedAtOnce("the API server ended the watch at once, with no event"))
-                    log.warning("%s watch ended at once; resuming from %s in %.1fs", self.what, version, delay)
+                    log.warning("watch ended at once; resuming", resource=self._label, view=self.what,
+                                resource_version=version, retry_in=round(delay, 1))
                     self._metrics.watch_restarts.labels(self._label, "resume").inc()
                     await self._sleep(delay)
             except WatchGone:
-                log.info("%s watch: resourceVersion %s expired (410 Gone); re-listing", self.what, version)
+                log.info("watch resourceVersion expired (410 Gone); re-listing", resource=self._label,
+                         view=self.what, resource_version=version)
                 self._metrics.watch_restarts.labels(self._label, "relist").inc()
                 version = None
             except Exception as e:
                 # Expected: httpx errors, timeouts, OSError; ValueError for a malformed object or
                 # line; lightkube's own KeyError for an error answer without a Content-Type.
                 delay = self._failed(e)
-                log.warning("%s watch interrupted (%s); resuming from %s in %.1fs",
-                            self.what, self._last_error, version or "a fresh list", delay)
+                # resource_version None: the next attempt starts with a fresh list.
+                log.warning("watch interrupted; resuming", resource=self._label, view=self.what,
+                            error=self._last_error, resource_version=version, retry_in=round(delay, 1))
                 self._metrics.watch_restarts.labels(self._label, "resume").inc()
                 await self._sleep(delay)
 
@@ -192,7 +195,7 @@ class ListWatcher:
         listing = self._client.list(self._resource, fields=self._fields, **self._scope)
         objects = [obj async for obj in listing]
         self._sink.replace(objects)
-        log.info("%s listed: %d", self.what, len(objects))
+        log.info("watch listed", resource=self._label, view=self.what, objects=len(objects))
         return listing.resourceVersion
 
     async def _watch(self, version: str) -> AsyncIterator[str]:
