@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
+from pod_doubles import LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.imds.app import make_app
@@ -97,11 +98,12 @@ async def node_imds() -> AsyncIterator[FakeNodeImds]:
 
 async def endpoint(node_imds: FakeNodeImds, server: str, **settings: object) -> AsyncIterator[Endpoint]:
     # Loopback stands in for a pod's address here; in the agent it is the node's own.
-    index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity, loopback_is_host=False)
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity)
     index.replace([])
     creds, metrics = FakeCredentials(), Metrics()
     async with NodeMetadataClient(f"{node_imds.host}:{node_imds.port}", 1.0) as upstream:
-        deps = ImdsDeps(pods=index, credentials=creds, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
+        deps = ImdsDeps(pods=LoopbackPods(index), credentials=creds,
+                        tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                         metrics=metrics, settings=ImdsSettings(pod_wait=0.05, **settings),  # type: ignore[arg-type]
                         upstream=upstream, ready=index.synced.is_set, limiter=RateLimiter(0))
         async with aiohttp.ClientSession() as session:
