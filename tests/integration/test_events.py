@@ -90,7 +90,9 @@ class Setup:
         )
 
     def outcome(self, reason: str, outcome: str) -> float:
-        return float(self.metrics.events.labels(reason, outcome)._value.get())
+        value = self.metrics.registry.get_sample_value(
+            "podiam_kube_events_total", {"reason": reason, "outcome": outcome})
+        return value or 0.0
 
     async def until(self, check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
         try:

@@ -179,7 +179,7 @@ async def test_malformed_annotation_is_403_saying_what_is_wrong(ep: Endpoint) ->
     status, body = await get(ep, CREDS)
     assert status == 403
     assert "'no spaces allowed' is not a valid IAM role name" in body
-    assert ep.metrics.refusals.labels("invalid_role")._value.get() == 1
+    assert ep.metrics.registry.get_sample_value("podiam_imds_refusals_total", {"reason": "invalid_role"}) == 1
 
 
 async def test_no_annotation_is_404(ep: Endpoint) -> None:

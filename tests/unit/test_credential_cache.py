@@ -239,7 +239,8 @@ async def test_burst_of_first_requests_shares_one_call(
     assumer.hold()
     requests = [asyncio.create_task(cache.get(ID)) for _ in range(1000)]
     await until(lambda: len(assumer.calls) == 1)
-    await asyncio.sleep(0)  # one loop turn: every request task has started and joined
+    # A miss is counted as a request joins the call: then every one of them is waiting on it.
+    await until(lambda: count(metrics, "podiam_credential_cache_misses_total") == 1000)
     assert not any(r.done() for r in requests)
 
     assumer.release()
@@ -358,7 +359,7 @@ async def test_timers_sleep_at_most_max_timer(cache: CredentialCache, clock: Fak
 
 
 async def test_due_request_waits_briefly_for_the_refresh(
-    cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock
+    cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock, metrics: Metrics
 ) -> None:
     cache.prefetch(ID)
     await until(fetched(cache))
@@ -368,7 +369,8 @@ async def test_due_request_waits_briefly_for_the_refresh(
     assert cache.state()[ID].fetching
 
     request = asyncio.create_task(cache.get(ID))
-    await asyncio.sleep(0)
+    # Counted as a miss when it decides to wait for the refresh, at once before waiting.
+    await until(lambda: count(metrics, "podiam_credential_cache_misses_total") == 1)
     assert not request.done()  # waiting for the refresh, up to request_wait
     assumer.release()
 
@@ -386,8 +388,10 @@ async def test_due_request_gets_old_credentials_when_refresh_is_slow(
     clock.advance_to(old.expiration - dt.timedelta(seconds=SETTINGS.session_refresh))
 
     request = asyncio.create_task(cache.get(ID))
-    await asyncio.sleep(0)
+    await until(lambda: count(metrics, "podiam_credential_cache_misses_total") == 1)  # waiting
     assert not request.done()
+    wait_ends = clock.now() + dt.timedelta(seconds=SETTINGS.request_wait)
+    assert wait_ends in [t.when for t in clock.pending()]  # it waits request_wait, no less
     clock.advance(SETTINGS.request_wait)
 
     assert (await within(request)) is old
