@@ -267,12 +267,22 @@ async def test_health_and_readiness(ep: Endpoint) -> None:
     assert await get(ep, "/readyz") == (200, "ready\n")
 
 
-async def test_hostile_requests_get_clear_errors_and_the_server_keeps_serving(ep: Endpoint) -> None:
+async def test_hostile_requests_get_clear_errors_and_the_server_keeps_serving(
+    ep: Endpoint, request: pytest.FixtureRequest
+) -> None:
     ep.index.upsert(pod())
-    for path in ("/latest/meta-data/iam/security-credentials/../../user-data", "/%00", "/" + "a" * 4000,
-                 "/latest/meta-data/iam/security-credentials/reader%2F..%2F"):
-        status, _ = await get(ep, path)
-        assert status in (400, 403, 404), path
+    expected = {
+        # aiohttp's client resolves the dots: the server sees /latest/meta-data/user-data.
+        "/latest/meta-data/iam/security-credentials/../../user-data": 404,
+        "/%00": 400,  # not a canonical target
+        "/" + "a" * 4000: 404,  # long, but within the URL bound: an unknown path
+        "/latest/meta-data/iam/security-credentials/reader%2F..%2F": 400,  # an encoded slash
+    }
+    for path, status in expected.items():
+        assert (await get(ep, path))[0] == status, path
+    # A GET with a body: the fast server bounds what it reads (413); aiohttp never reads a
+    # body the handler does not ask for and answers the request (200). Neither holds it.
+    body_status = {"fast": 413, "aiohttp": 200}[request.node.callspec.params["ep"]]
     async with ep.client.get(CREDS, data=b"x" * 100_000) as r:
-        assert r.status in (200, 413)
+        assert r.status == body_status
     assert await get(ep, CREDS) == (200, "reader")
