@@ -64,7 +64,7 @@ def _workload(requests: int) -> None:
 
     async def run() -> None:
         policy = RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/")
-        index = PodIndex(policy.identity, loopback_is_host=False)
+        index = PodIndex(policy.identity)
         index.replace([PodInfo("ns", "web", "u1", "10.0.0.5", "Running",
                                annotations={"iam.amazonaws.com/role": "reader"})])
         tokens = TokenIssuer()

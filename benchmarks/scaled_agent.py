@@ -4,17 +4,17 @@
     python benchmarks/scaled_agent.py K agent [podiam agent flags...]
 
 The flags are parsed and validated by podiam's own CLI exactly as given; then the session
-duration and refresh time of the resulting settings are divided by K before the agent
-starts. ``--session-duration 1h --session-refresh 30m`` with K=20 behaves like an hour
-compressed into 3 minutes: sessions of 180 s, refreshed when 90 s remain (minus the cache's
-jitter of up to 10% of that). The fixed 60 s expiry margin of the cache is not scaled,
-which bounds K (duration/K must exceed refresh/K + 60 s: K < 30 for the defaults). moto's
-STS accepts any DurationSeconds; real STS refuses less than 900.
+duration, the refresh time and the expiry margin of the resulting settings are divided by K
+before the agent starts. ``--session-duration 1h --session-refresh 30m`` with K=20 behaves
+like an hour compressed into 3 minutes: sessions of 180 s, refreshed when 90 s remain (minus
+the cache's jitter of up to 10% of that), never served with less than 3 s left. moto's STS
+accepts any DurationSeconds; real STS refuses less than 900.
 
 It replaces nothing inside podiam: click parses the flags with podiam's own ``agent``
 command, ``podiam.cli.agent_settings`` builds and validates the settings, and the same
-``Agent`` runs them; only the two session times of the settings are divided. podiam has no
-clock or time-scale option of its own.
+``Agent`` runs them; only three durations of the settings are divided, as plain
+configuration (StsSettings checks them again). podiam has no clock or time-scale option of
+its own.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def main() -> None:
     with cli.agent.make_context("podiam agent", sys.argv[3:]) as ctx:
         settings = cli.agent_settings(ctx.params, os.environ)  # podiam's own validation, unscaled
     sts = dataclasses.replace(settings.sts, session_duration=settings.sts.session_duration / scale,
-                              session_refresh=settings.sts.session_refresh / scale)
+                              session_refresh=settings.sts.session_refresh / scale,
+                              expiry_margin=settings.sts.expiry_margin / scale)
     settings = dataclasses.replace(settings, sts=sts)
     podiam_logging.configure(settings.log)
     uvloop.run(Agent(settings).run())

@@ -120,7 +120,7 @@ async def simulated_hour(world: World, ctx: Context, result: ScenarioResult) -> 
         f"the CLI's validation (benchmarks/scaled_agent.py): 1 real second = {k} simulated seconds, the simulated "
         f"hour lasts {3600 / k:g} s. moto accepts the {SESSION / k:g} s DurationSeconds (real STS's minimum is "
         "900; the agent's botocore gets `parameter_validation = false` from an AWS config file to send it). The "
-        "cache's fixed 60 s expiry margin and its 0.7 s request wait are not scaled.",
+        f"cache's 60 s expiry margin is divided too ({60 / k:g} s); its 0.7 s request wait is not scaled.",
         f"{n} pods ({p.pods_per_role} per role x {p.roles} roles), each in its own network namespace; every "
         f"{p.round_every_sim_minutes:g} simulated minutes each pod runs the SDK flow (PUT token, GET role list, "
         "GET credentials) through the DNAT path.",

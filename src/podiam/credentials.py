@@ -16,9 +16,6 @@ from functools import cached_property
 
 IMDS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
-EXPIRY_MARGIN = 60.0
-"""Seconds: credentials with this little validity left are never served (clock skew, transit)."""
-
 
 @dataclass(frozen=True)
 class Identity:

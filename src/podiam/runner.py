@@ -154,7 +154,8 @@ def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics
         if recorder is not None:
             recorder.warn_node(RESTORED_REASON, message)
 
-    return RuleGuard(IptablesRules(rule), metrics, interval=settings.node.iptables_check_interval,
+    rules = IptablesRules(rule, call_timeout=settings.node.iptables_timeout)
+    return RuleGuard(rules, metrics, interval=settings.node.iptables_check_interval,
                      on_restored=on_restored)
 
 
@@ -231,7 +232,8 @@ class Agent:
             events: EventSink = NoEvents()
             recorder: EventRecorder | None = None
             if s.node.pod_events:
-                recorder = await stack.enter_async_context(EventRecorder(client, self.metrics, node=s.kube.node_name))
+                recorder = await stack.enter_async_context(EventRecorder(client, self.metrics, node=s.kube.node_name,
+                                                                        settings=s.events))
                 events = recorder
             namespaces = NamespaceIndex(policy, self.metrics) if s.restrictions.enabled else None
 
@@ -252,9 +254,11 @@ class Agent:
                               rule_missing=(lambda: guard.missing) if guard else (lambda: None),
                               unready_after=s.kube.watch_unready_after)
 
-            deps = ImdsDeps(pods=index, credentials=cache, tokens=TokenIssuer(), issuance=issuance,
+            tokens = TokenIssuer(max_remembered=s.imds.tokens_remembered)
+            limiter = RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked)
+            deps = ImdsDeps(pods=index, credentials=cache, tokens=tokens, issuance=issuance,
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
-                            limiter=RateLimiter(s.imds.pod_rate_limit), events=events,
+                            limiter=limiter, events=events,
                             host_identity=host_identity)
             stop_imds = await _start_metadata_server(deps, s.imds)
             stack.push_async_callback(stop_imds)  # idempotent; normally done in _shutdown
@@ -263,7 +267,7 @@ class Agent:
                                          s.metrics.port, 1.0)
             stack.push_async_callback(ops_site.cleanup)
             if rule is not None:
-                added = await ensure_rule(rule)
+                added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout)
                 log.info("iptables rule " + ("installed" if added else "already present"),
                          interface=rule.interface, destination=rule.destination)
             if guard is not None:
@@ -315,7 +319,7 @@ class Agent:
             await asyncio.wait([self._guard], timeout=TASK_STOP_TIMEOUT)
         if rule is not None:
             try:
-                removed = await remove_rule(rule)
+                removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout)
                 log.info("iptables rule removed", copies=removed)
             except PodiamError as e:
                 log.error("could not remove the iptables rule; remove it by hand", error=str(e))  # noqa: TRY400

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from podiam.errors import ConfigError
+
 DEFAULT_ALLOW_ROUTE_REGEXP = r"^/[^/]+/(meta-data/placement/.*|dynamic/instance-identity/document)$"
 """Paths proxied to the node's real IMDS by default: what SDKs read to discover the region.
 
@@ -44,6 +46,14 @@ class KubeSettings:
 
     watch_retry_max: float = 5.0
     """Seconds: upper bound of the back-off between failed list/watch attempts."""
+
+    watch_retry_jitter: float = 0.5
+    """Fraction of a list/watch retry delay taken off at random: every node's agent loses the
+    API at the same moment, and must not come back to it in lockstep."""
+
+    watch_inactivity_margin: float = 30.0
+    """Seconds past ``watch_timeout`` after which a silent watch stream is presumed dead: the
+    server should have ended it by then, so something in between dropped it silently."""
 
     watch_unready_after: float = 30.0
     """Seconds a synced watch may keep failing before /readyz reports the agent not ready.
@@ -131,11 +141,49 @@ class StsSettings:
     backoff_max: float = 60.0
     """Seconds: cap of the exponential back-off of background retries."""
 
+    backoff_jitter: float = 0.25
+    """Fraction by which background retry delays are shortened, at random, so that identities
+    failing together (an STS outage) do not retry together."""
+
+    refresh_jitter: float = 0.1
+    """Fraction of ``session_refresh`` by which background refreshes start early, at random:
+    identities fetched together (a node's start, a rollout) then do not refresh together."""
+
+    expiry_margin: float = 60.0
+    """Seconds: credentials with this little validity left are never served, so that clock
+    skew and transit cannot make a pod use credentials STS already considers expired."""
+
+    max_timer: float = 300.0
+    """Seconds: the longest a cache timer sleeps before checking the wall clock again. Timers
+    run on the loop's monotonic clock while expirations are wall time; a wall-clock step (NTP,
+    a resumed VM) is then noticed within this bound."""
+
+    connect_timeout: float = 1.0
+    """Seconds for one TCP/TLS connect to STS (at most ``call_timeout``): a healthy endpoint
+    connects in milliseconds, so a longer wait only eats the deadline a retry could use."""
+
+    max_attempts: int = 3
+    """Attempts per AssumeRole call (botocore's standard retry mode), all within call_timeout."""
+
+    max_pool_connections: int = 50
+    """Connections to STS kept open at most. At start an agent prefetches every pod of its node
+    at once (kubelet's default limit is 110 pods); botocore's default pool of 10 would queue
+    those calls behind each other, eating their deadlines."""
+
     region: str | None = None
     """Region for STS; None: AWS_REGION / AWS_DEFAULT_REGION, else the node's IMDS placement."""
 
     regional_endpoint: bool = False
     """Use the regional STS endpoint of ``region`` instead of the global one."""
+
+    def __post_init__(self) -> None:
+        # The one check of this rule: the CLI and every other builder of settings (the
+        # benchmarks' scaled agent, tests) get it by constructing the object.
+        if self.session_refresh + self.expiry_margin >= self.session_duration:
+            raise ConfigError(
+                f"--session-refresh must be shorter than --session-duration by more than {self.expiry_margin:g}s,"
+                " or fresh credentials would be due for refresh at once"
+            )
 
 
 @dataclass(frozen=True)
@@ -190,6 +238,23 @@ class ImdsSettings:
     """Pipelined requests one connection may have waiting for replies (behind one that waits
     for STS, say) before it stops being read; resumed when half have been answered."""
 
+    keepalive_timeout: float = 60.0
+    """Seconds a connection to the metadata endpoint may sit idle, or take between a request's
+    first byte and its end (fast server): an idle or trickling client cannot hold it forever."""
+
+    listen_backlog: int = 1024
+    """Connections the kernel queues before the endpoint accepts them (fast server). A node's
+    pods starting at once connect at once; asyncio's default of 100 overflowed at 1,000."""
+
+    rate_limit_tracked: int = 65536
+    """Callers whose rate-limit buckets are remembered at most; past it, callers with full
+    buckets are forgotten (they lose nothing). Bounds the memory a stream of new IPs can take."""
+
+    tokens_remembered: int = 8192
+    """IMDSv2 tokens remembered as verified, so repeat requests skip the HMAC; past it the
+    memory is cleared (live tokens verify once more). An SDK uses one token for the two or
+    three requests of a refresh."""
+
     allow_route_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +277,11 @@ class NodeSettings:
     pod_events: bool = True
     """Record Warning events on pods that are refused or fail (needs create/patch on events)."""
 
+    iptables_timeout: float = 10.0
+    """Seconds for one iptables command, its wait for the xtables lock included (half of it):
+    another agent or kube-proxy may hold the lock, but a hung command must not hang start-up
+    or shutdown."""
+
     iptables_check_interval: float = 5.0
     """Seconds between checks that the DNAT rule is still installed (restored if not).
 
@@ -219,6 +289,32 @@ class NodeSettings:
     it is back, pods time out or reach the node's real IMDS. Each check is one ``iptables
     -C``, cheap enough to bound that gap to a few seconds.
     """
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """How Warning Events on pods are written (kube/events.py)."""
+
+    interval: float = 60.0
+    """Seconds: at most one write per (pod, reason) per interval; repeats in between only bump
+    a count (as the kubelet's recorder does), so a pod hammering the endpoint is one API write
+    a minute, not one per request."""
+
+    max_tracked: int = 10_000
+    """(pod, reason) pairs remembered at most; the least recently warned is evicted. Bounds the
+    memory whatever pods do; a node's pods times a few reasons each fit many times over."""
+
+    write_timeout: float = 5.0
+    """Seconds for one write, its 404/409 fallback included. The writer is sequential, so a
+    hanging API server must not hold it for long."""
+
+    flush_timeout: float = 2.0
+    """Seconds the shutdown gives the writer for what is scheduled, then it is cancelled:
+    Events are best effort and must not hold up the agent's stop."""
+
+    def __post_init__(self) -> None:
+        if self.max_tracked < 1:
+            raise ConfigError("events: max_tracked must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -255,6 +351,7 @@ class AgentSettings:
     sts: StsSettings = field(default_factory=StsSettings)
     imds: ImdsSettings = field(default_factory=ImdsSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 

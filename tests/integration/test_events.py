@@ -27,12 +27,12 @@ import pytest
 import pytest_asyncio
 
 from podiam.kube.connection import make_client
-from podiam.kube.events import EventRecorder
+from podiam.kube.events import EventRecorder, random_suffix
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
 from podiam.sandbox.kubeapi import run_kubeapi, write_kubeconfig
 from podiam.sandbox.kubeapi_emulator import KubeApiEmulator
-from podiam.settings import KubeSettings
+from podiam.settings import EventSettings, KubeSettings
 
 NODE = "node-1"
 INTERVAL = 60.0
@@ -71,9 +71,11 @@ class Setup:
     time: FakeTime = field(default_factory=FakeTime)
     barriers: int = 0
 
-    def recorder(self, **kwargs: Any) -> EventRecorder:
-        options: dict[str, Any] = {"interval": INTERVAL, "clock": self.time.clock, "now": self.time.now}
-        return EventRecorder(self.client, self.metrics, node=NODE, **(options | kwargs))
+    def recorder(self, name_suffix: Callable[[], str] = random_suffix, **settings: Any) -> EventRecorder:
+        """A recorder on the fake clock, with ``settings`` overriding EventSettings' defaults."""
+        return EventRecorder(self.client, self.metrics, node=NODE,
+                             settings=EventSettings(**({"interval": INTERVAL} | settings)),
+                             clock=self.time.clock, now=self.time.now, name_suffix=name_suffix)
 
     async def events(self, namespace: str = "ns", pod_name: str | None = None) -> list[dict[str, Any]]:
         found = await self.emulator.list_objects("events", namespace=namespace)
@@ -88,7 +90,9 @@ class Setup:
         )
 
     def outcome(self, reason: str, outcome: str) -> float:
-        return float(self.metrics.events.labels(reason, outcome)._value.get())
+        value = self.metrics.registry.get_sample_value(
+            "podiam_kube_events_total", {"reason": reason, "outcome": outcome})
+        return value or 0.0
 
     async def until(self, check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
         try:
@@ -372,7 +376,8 @@ async def test_the_least_recently_warned_entry_is_evicted(setup: Setup) -> None:
 
 
 async def test_the_writer_wakes_by_itself_when_the_interval_ends(setup: Setup) -> None:
-    async with EventRecorder(setup.client, setup.metrics, node=NODE, interval=0.2) as recorder:
+    async with EventRecorder(setup.client, setup.metrics, node=NODE,
+                             settings=EventSettings(interval=0.2)) as recorder:
         recorder.warn(pod("a"), FORBIDDEN, "first")
         await setup.until(lambda: count_is(setup, "a", 1), "the event")
         recorder.warn(pod("a"), FORBIDDEN, "second")  # no wake(): the real clock runs out the interval

@@ -65,7 +65,9 @@ class Setup:
         return sorted(e.pod.name for e in self.index.entries())
 
     def restarts(self, reason: str) -> float:
-        return float(self.metrics.watch_restarts.labels("pod", reason)._value.get())
+        value = self.metrics.registry.get_sample_value(
+            "podiam_watch_restarts_total", {"resource": "pod", "reason": reason})
+        return value or 0.0
 
     async def until(self, check: Callable[[], bool], what: str) -> None:
         try:

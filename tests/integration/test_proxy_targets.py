@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pod_doubles import LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.imds.app import make_app
 from podiam.imds.core import ImdsDeps, MetadataCore
@@ -72,12 +73,12 @@ class Node:
 @asynccontextmanager
 async def node(server: str) -> AsyncIterator[Node]:
     """One pod (at 127.0.0.1, role ``reader``) in front of the stand-in node IMDS."""
-    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity,
-                     loopback_is_host=False)
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity)
     index.replace([PodInfo("shop", "web", "uid-web", IP, "Running", annotations={"iam.amazonaws.com/role": "reader"})])
     metrics = Metrics()
     async with FakeNodeImds() as imds, NodeMetadataClient(f"{imds.host}:{imds.port}", 1.0) as upstream:
-        deps = ImdsDeps(pods=index, credentials=Source(), tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
+        deps = ImdsDeps(pods=LoopbackPods(index), credentials=Source(),
+                        tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                         metrics=metrics, settings=ImdsSettings(pod_wait=0.05), upstream=upstream,
                         ready=lambda: True, limiter=RateLimiter(0))
         if server == "fast":

@@ -23,14 +23,7 @@ from podiam.credentials import Credentials, Identity
 from podiam.errors import ConfigError, CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
-from podiam.sts.cache import (
-    BACKOFF_JITTER,
-    EXPIRY_MARGIN,
-    MAX_TIMER,
-    REFRESH_JITTER,
-    CredentialCache,
-    refresh_time,
-)
+from podiam.sts.cache import CredentialCache, refresh_time
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 SETTINGS = StsSettings()  # 3600 s sessions, refreshed 1800 s before expiry
@@ -246,7 +239,8 @@ async def test_burst_of_first_requests_shares_one_call(
     assumer.hold()
     requests = [asyncio.create_task(cache.get(ID)) for _ in range(1000)]
     await until(lambda: len(assumer.calls) == 1)
-    await asyncio.sleep(0)  # one loop turn: every request task has started and joined
+    # A miss is counted as a request joins the call: then every one of them is waiting on it.
+    await until(lambda: count(metrics, "podiam_credential_cache_misses_total") == 1000)
     assert not any(r.done() for r in requests)
 
     assumer.release()
@@ -267,7 +261,7 @@ async def test_prefetch_keeps_sts_off_the_request_path(
 
     creds = done_at_once(cache.get(ID))
 
-    assert creds is cache.peek(ID)
+    assert creds.access_key_id == f"ASIA{1:016d}"  # the prefetched set: the first call's
     assert len(assumer.calls) == 1
     assert count(metrics, "podiam_credential_cache_misses_total") == 0
 
@@ -285,7 +279,7 @@ async def test_caller_cancellation_does_not_cancel_the_call(cache: CredentialCac
     await until(fetched(cache))
 
     retried = done_at_once(cache.get(ID))  # the SDK's retry is a hit
-    assert retried is cache.peek(ID)
+    assert retried.access_key_id == f"ASIA{1:016d}"  # from the call the first caller started
     assert len(assumer.calls) == 1
 
 
@@ -325,7 +319,7 @@ async def test_jitter_moves_refresh_earlier_within_bound(
     cache.prefetch(ID)
     await until(fetched(cache))
     expiration = done_at_once(cache.get(ID)).expiration
-    earliest = expiration - dt.timedelta(seconds=SETTINGS.session_refresh * (1 + REFRESH_JITTER))
+    earliest = expiration - dt.timedelta(seconds=SETTINGS.session_refresh * (1 + SETTINGS.refresh_jitter))
 
     clock.advance_to(earliest - dt.timedelta(seconds=1))
     assert len(assumer.calls) == 1
@@ -345,11 +339,11 @@ async def test_jitter_spreads_identities_fetched_together(cache: CredentialCache
     planned = {state[i].next_attempt for i in identities}
     expiration = T0 + dt.timedelta(seconds=SETTINGS.session_duration)
     latest = expiration - dt.timedelta(seconds=SETTINGS.session_refresh)
-    earliest = expiration - dt.timedelta(seconds=SETTINGS.session_refresh * (1 + REFRESH_JITTER))
+    earliest = expiration - dt.timedelta(seconds=SETTINGS.session_refresh * (1 + SETTINGS.refresh_jitter))
     assert len(planned) >= 45  # 50 draws from a continuous range
     assert all(p is not None and earliest <= p <= latest for p in planned)
     assert max(p for p in planned if p) - min(p for p in planned if p) > dt.timedelta(
-        seconds=SETTINGS.session_refresh * REFRESH_JITTER / 2
+        seconds=SETTINGS.session_refresh * SETTINGS.refresh_jitter / 2
     )
 
 
@@ -358,14 +352,14 @@ async def test_timers_sleep_at_most_max_timer(cache: CredentialCache, clock: Fak
     cache.prefetch(ID)
     await until(fetched(cache))
     (timer,) = clock.pending()
-    assert timer.when - clock.now() <= dt.timedelta(seconds=MAX_TIMER)
+    assert timer.when - clock.now() <= dt.timedelta(seconds=SETTINGS.max_timer)
 
 
 # -- due credentials on the request path ----------------------------------------------------
 
 
 async def test_due_request_waits_briefly_for_the_refresh(
-    cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock
+    cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock, metrics: Metrics
 ) -> None:
     cache.prefetch(ID)
     await until(fetched(cache))
@@ -375,7 +369,8 @@ async def test_due_request_waits_briefly_for_the_refresh(
     assert cache.state()[ID].fetching
 
     request = asyncio.create_task(cache.get(ID))
-    await asyncio.sleep(0)
+    # Counted as a miss when it decides to wait for the refresh, at once before waiting.
+    await until(lambda: count(metrics, "podiam_credential_cache_misses_total") == 1)
     assert not request.done()  # waiting for the refresh, up to request_wait
     assumer.release()
 
@@ -393,8 +388,10 @@ async def test_due_request_gets_old_credentials_when_refresh_is_slow(
     clock.advance_to(old.expiration - dt.timedelta(seconds=SETTINGS.session_refresh))
 
     request = asyncio.create_task(cache.get(ID))
-    await asyncio.sleep(0)
+    await until(lambda: count(metrics, "podiam_credential_cache_misses_total") == 1)  # waiting
     assert not request.done()
+    wait_ends = clock.now() + dt.timedelta(seconds=SETTINGS.request_wait)
+    assert wait_ends in [t.when for t in clock.pending()]  # it waits request_wait, no less
     clock.advance(SETTINGS.request_wait)
 
     assert (await within(request)) is old
@@ -438,7 +435,7 @@ async def test_outage_keeps_serving_still_valid_credentials(
     # Through the due window, every few minutes until the margin: always the old set.
     step = 300.0
     clock.advance_to(old.expiration - dt.timedelta(seconds=SETTINGS.session_refresh))
-    while clock.now() + dt.timedelta(seconds=step) < old.expiration - dt.timedelta(seconds=EXPIRY_MARGIN):
+    while clock.now() + dt.timedelta(seconds=step) < old.expiration - dt.timedelta(seconds=SETTINGS.expiry_margin):
         clock.advance(step)
         assert (await cache.get(ID)) is old
     assert len(assumer.calls) > 2  # background retries went on meanwhile
@@ -460,12 +457,12 @@ async def test_expired_credentials_are_never_served(
     old = done_at_once(cache.get(ID))
     assumer.failure = StsUnavailable("STS could not be reached")
 
-    for at in (old.expiration - dt.timedelta(seconds=EXPIRY_MARGIN), old.expiration + dt.timedelta(hours=1)):
+    for at in (old.expiration - dt.timedelta(seconds=SETTINGS.expiry_margin), old.expiration + dt.timedelta(hours=1)):
         clock.advance_to(at)
         await until(lambda: not cache.state()[ID].fetching)
-        assert cache.peek(ID) is None
-        with pytest.raises(StsUnavailable):
+        with pytest.raises(StsUnavailable):  # the still-cached set is not answered
             await cache.get(ID)
+        assert cache.state()[ID].expiration == old.expiration
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -493,7 +490,7 @@ async def test_error_is_remembered_for_error_ttl_then_retried(
     assumer.failure = None
     creds = await cache.get(ID)
     assert len(assumer.calls) == 2
-    assert cache.peek(ID) is creds
+    assert done_at_once(cache.get(ID)) is creds  # cached: a hit
     assert cache.state()[ID].last_error_code is None
 
 
@@ -536,13 +533,13 @@ async def test_an_sts_outage_of_days_is_retried_within_bounds_and_ends_in_creden
         assert next_attempt is not None
         clock.advance_to(next_attempt)
         await until(fetched(cache))
-        assert cache.peek(ID) is not None
+        assert done_at_once(cache.get(ID)).expiration > clock.now()  # cached: a hit
         assert cache.state()[ID].failures == 0
 
     times = [at for _, at in assumer.calls]
     delays = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     assert len(delays) > 2 * 86400 / SETTINGS.backoff_max
-    low = SETTINGS.backoff_initial * (1 - BACKOFF_JITTER)
+    low = SETTINGS.backoff_initial * (1 - SETTINGS.backoff_jitter)
     assert all(low <= d <= SETTINGS.backoff_max for d in delays), (min(delays), max(delays))
 
 
@@ -569,11 +566,12 @@ async def test_discard_forgets_and_stops_refreshing(
     cache.discard(ID)  # idempotent
 
     assert ID not in cache.state()
-    assert cache.peek(ID) is None
     assert not clock.pending()
     assert count(metrics, "podiam_credential_cache_identities") == 0
     clock.advance(10 * SETTINGS.session_duration)
     assert len(assumer.calls) == 1
+    await cache.get(ID)  # nothing was kept: a new call
+    assert len(assumer.calls) == 2
 
 
 async def test_discard_during_a_call_cancels_it(cache: CredentialCache, assumer: FakeAssumer) -> None:
@@ -614,20 +612,28 @@ async def test_used_outside_its_context_is_an_error(assumer: FakeAssumer, metric
         await cache.get(ID)
 
 
-def test_refuses_a_refresh_time_as_long_as_the_session(assumer: FakeAssumer, metrics: Metrics) -> None:
-    with pytest.raises(ConfigError, match="session duration"):
-        CredentialCache(assumer, StsSettings(session_duration=900, session_refresh=1800), metrics)
+@pytest.mark.parametrize(("duration", "refresh"), [(900, 1800), (900, 840), (3600, 3540)])
+def test_refuses_a_refresh_time_within_the_margin_of_the_session(duration: float, refresh: float) -> None:
+    # Fresh credentials would be due at once: the settings cannot even be built.
+    with pytest.raises(ConfigError, match="by more than 60s"):
+        StsSettings(session_duration=duration, session_refresh=refresh)
+
+
+def test_the_expiry_margin_is_a_setting_the_session_check_follows() -> None:
+    StsSettings(session_duration=100, session_refresh=50, expiry_margin=10)  # an accelerated clock
+    with pytest.raises(ConfigError, match="by more than 50s"):
+        StsSettings(session_duration=100, session_refresh=50, expiry_margin=50)
 
 
 # -- the arithmetic ---------------------------------------------------------------------------
 
-durations = st.floats(min_value=EXPIRY_MARGIN + 2, max_value=43200)
+durations = st.floats(min_value=SETTINGS.expiry_margin + 2, max_value=43200)
 fractions = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
 
 @given(
     lifetime=durations,
-    refresh_share=st.floats(min_value=0.0, max_value=0.99),
+    refresh_share=st.floats(min_value=0.0, max_value=0.99),  # of what the margin leaves
     backoff_initial=st.floats(min_value=0.01, max_value=60),
     r=fractions,
 )
@@ -635,14 +641,16 @@ def test_refresh_time_is_within_the_jitter_window_and_never_immediate(
     lifetime: float, refresh_share: float, backoff_initial: float, r: float
 ) -> None:
     settings = StsSettings(
-        session_duration=lifetime, session_refresh=lifetime * refresh_share, backoff_initial=backoff_initial
+        session_duration=lifetime,
+        session_refresh=(lifetime - SETTINGS.expiry_margin) * refresh_share,
+        backoff_initial=backoff_initial,
     )
     expiration = T0 + dt.timedelta(seconds=lifetime)
 
     at = refresh_time(expiration, T0, settings, r)
 
     due = expiration - dt.timedelta(seconds=settings.session_refresh)
-    earliest = due - dt.timedelta(seconds=settings.session_refresh * REFRESH_JITTER)
+    earliest = due - dt.timedelta(seconds=settings.session_refresh * settings.refresh_jitter)
     floor = T0 + dt.timedelta(seconds=backoff_initial)
     assert at <= max(due, floor)
     assert at >= max(earliest, floor) - dt.timedelta(microseconds=1)

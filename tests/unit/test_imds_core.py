@@ -39,7 +39,7 @@ class Source:
 
 
 def core(metrics: Metrics, source: Source, limiter: RateLimiter | None = None) -> MetadataCore:
-    index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity, loopback_is_host=False)
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), BASE).identity)
     index.replace([PodInfo("ns", "web", "u1", "10.0.0.5", "Running", annotations={"iam.amazonaws.com/role": "reader"}),
                    PodInfo("ns", "job", "u2", "10.0.0.6", "Running", annotations={"iam.amazonaws.com/role": "writer"})])
     deps = ImdsDeps(pods=index, credentials=source, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),

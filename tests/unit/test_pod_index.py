@@ -129,22 +129,25 @@ def test_identity_in_use_counts_other_pods() -> None:
 
 async def test_a_waiting_request_gets_a_pod_indexed_during_the_wait() -> None:
     index, _ = make_index()
-    waiting = asyncio.create_task(index.wait_for("10.0.0.5", timeout=5.0))
-    async with asyncio.timeout(5):
-        while not index._waiters:
-            await asyncio.sleep(0)
+    asked = asyncio.Event()
+
+    async def request() -> PodEntry:
+        asked.set()  # wait_for's first step runs in this same step of the task, up to its wait
+        return await index.wait_for("10.0.0.5", timeout=5.0)
+
+    waiting = asyncio.create_task(request())
+    await asked.wait()
+    assert not waiting.done()  # not found yet: it waits, not fails
     index.upsert(pod("late"))
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(1):  # the upsert wakes it; the 5 s are not waited out
         entry = await waiting
     assert entry.pod.name == "late"
-    assert not index._waiters
 
 
 async def test_the_wait_ends_with_not_found_naming_the_ip() -> None:
     index, _ = make_index()
     with pytest.raises(PodNotFound, match=r"10\.0\.0\.9 .*waited 0\.01s"):
         await index.wait_for("10.0.0.9", timeout=0.01)
-    assert not index._waiters
 
 
 async def test_a_known_pod_is_answered_without_waiting() -> None:

@@ -16,7 +16,7 @@ import httpx2 as httpx
 import lightkube
 from lightkube.resources.core_v1 import Pod
 
-from podiam.kube.watcher import RETRY_JITTER, ListWatcher, WatchHealth
+from podiam.kube.watcher import ListWatcher, WatchHealth
 from podiam.observability.metrics import Metrics
 from podiam.settings import KubeSettings
 
@@ -105,9 +105,9 @@ async def test_a_watch_failing_for_days_keeps_retrying_within_bounds_and_resumes
         assert api.watching.is_set()
         assert sink.replaced == [[]]  # listed again once the API answered
         assert len(delays) > 2 * DAY / settings.watch_retry_max  # retried all along, never more than the cap apart
-        low = settings.watch_retry_initial * (1 - RETRY_JITTER)
+        low = settings.watch_retry_initial * (1 - settings.watch_retry_jitter)
         assert all(low <= d <= settings.watch_retry_max for d in delays), (min(delays), max(delays))
-        assert max(delays) > settings.watch_retry_max * (1 - RETRY_JITTER)  # the cap was reached
+        assert max(delays) > settings.watch_retry_max * (1 - settings.watch_retry_jitter)  # the cap was reached
 
         first, last = seen
         assert not first.synced and first.failing_since == 0.0 and first.failures == 1
@@ -170,7 +170,7 @@ async def test_watch_streams_that_end_at_once_are_retried_with_back_off_not_in_a
         assert task not in done
         assert enough.is_set(), f"{api.watches} watches without a single back-off"
         assert api.watches == 50  # one wait per stream
-        assert max(delays) > settings.watch_retry_max * (1 - RETRY_JITTER)  # growing up to the cap
+        assert max(delays) > settings.watch_retry_max * (1 - settings.watch_retry_jitter)  # growing up to the cap
         assert watcher.health().last_error == "WatchEndedAtOnce: the API server ended the watch at once, with no event"
     finally:
         task.cancel()

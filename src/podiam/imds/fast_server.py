@@ -51,10 +51,6 @@ MAX_URL = 4096
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 16384
 MAX_BODY = 4096
-LISTEN_BACKLOG = 1024
-"""A node's pods starting at once connect at once; asyncio's default of 100 overflowed at 1,000."""
-KEEPALIVE_TIMEOUT = 60.0
-"""Seconds a connection may sit idle, or between a request's first byte and its end."""
 
 _CLOSE = b"Connection: close\r\n"
 _WANTED = {name.encode(): name for name in WANTED_HEADERS}
@@ -367,12 +363,12 @@ class FastServer:
     """``async with FastServer(core, host, port, grace):`` serves until the block exits;
     exit stops accepting, lets in-flight requests finish within ``grace``, then closes."""
 
-    def __init__(self, core: MetadataCore, host: str, port: int, grace: float,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, *, settings: ImdsSettings | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, core: MetadataCore, host: str, port: int, grace: float, *,
+                 settings: ImdsSettings | None = None, metrics: Metrics | None = None) -> None:
         self._core, self._host, self._port, self._grace = core, host, port, grace
-        self.keepalive_timeout = keepalive_timeout
         limits = settings or ImdsSettings()
+        self.keepalive_timeout = limits.keepalive_timeout
+        self._backlog = limits.listen_backlog
         self.write_buffer_high = limits.write_buffer_high
         self.pipeline_depth = limits.pipeline_depth
         self.max_connections_per_ip = limits.max_connections_per_ip
@@ -391,7 +387,7 @@ class FastServer:
     async def __aenter__(self) -> FastServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: MetadataProtocol(self._core, self), self._host,
-                                                self._port, reuse_address=True, backlog=LISTEN_BACKLOG)
+                                                self._port, reuse_address=True, backlog=self._backlog)
         return self
 
     async def __aexit__(

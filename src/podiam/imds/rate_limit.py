@@ -10,13 +10,13 @@ import math
 import time
 from collections.abc import Callable
 
-MAX_TRACKED = 65536
-"""Callers remembered at most; past it, callers with full buckets are forgotten (they lose nothing)."""
+from podiam.settings import ImdsSettings
 
 
 class RateLimiter:
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 max_tracked: int = MAX_TRACKED) -> None:
+                 max_tracked: int = ImdsSettings.rate_limit_tracked) -> None:
+        """max_tracked: callers remembered at most (ImdsSettings.rate_limit_tracked says why)."""
         if rate < 0:
             raise ValueError("rate must be >= 0")
         self.rate = rate

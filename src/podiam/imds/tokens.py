@@ -19,18 +19,21 @@ import struct
 import time
 from collections.abc import Callable
 
+from podiam.settings import ImdsSettings
+
 MIN_TTL = 1
 MAX_TTL = 21600
-MAX_REMEMBERED = 8192
-"""Validated tokens remembered; an SDK uses one token for the two or three requests of a refresh."""
 _MAC_LEN = 16
 _EXPIRY = struct.Struct(">I")
 
 
 class TokenIssuer:
-    def __init__(self, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, key: bytes | None = None, clock: Callable[[], float] = time.time,
+                 max_remembered: int = ImdsSettings.tokens_remembered) -> None:
+        """max_remembered: verified tokens kept (ImdsSettings.tokens_remembered says why)."""
         self._key = key or os.urandom(32)
         self._clock = clock
+        self._max_remembered = max_remembered
         self._valid: dict[str, tuple[str, int]] = {}
         """token -> (IP, expiry) of tokens whose MAC was checked: the hot path skips the HMAC."""
 
@@ -49,7 +52,7 @@ class TokenIssuer:
         expiry = self._verify(token, ip)
         if expiry is None:
             return False
-        if len(self._valid) >= MAX_REMEMBERED:
+        if len(self._valid) >= self._max_remembered:
             self._valid.clear()  # mostly expired or abandoned tokens; live ones re-verify once
         self._valid[token] = (ip, expiry)
         return self._clock() < expiry

@@ -51,6 +51,7 @@ from lightkube.types import PatchType
 
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
+from podiam.settings import EventSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -159,34 +160,26 @@ class EventRecorder:
         metrics: Metrics,
         *,
         node: str,
-        interval: float = 60.0,
+        settings: EventSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-        max_tracked: int = 10_000,
-        write_timeout: float = 5.0,
-        flush_timeout: float = 2.0,
         name_suffix: Callable[[], str] = random_suffix,
     ) -> None:
         """
-        interval: seconds; at most one write per (pod, reason) per interval.
+        settings: interval, max_tracked, write and flush timeouts (settings.py explains each).
         clock: monotonic seconds; all interval logic runs on it (tests pass a fake one).
         now: wall time, for the Events' timestamps.
-        max_tracked: (pod, reason) entries kept; the least recently warned is evicted.
-        write_timeout: seconds for one write, its 404/409 fallback included. The writer is
-            sequential, so a hanging API server must not hold it for long.
-        flush_timeout: seconds the exit gives the writer for what is scheduled.
         """
-        if max_tracked < 1:
-            raise ValueError("max_tracked must be at least 1")
+        settings = settings or EventSettings()
         self._client = client
         self._metrics = metrics
         self._node = node
-        self._interval = interval
+        self._interval = settings.interval
         self._clock = clock
         self._now = now
-        self._max_tracked = max_tracked
-        self._write_timeout = write_timeout
-        self._flush_timeout = flush_timeout
+        self._max_tracked = settings.max_tracked
+        self._write_timeout = settings.write_timeout
+        self._flush_timeout = settings.flush_timeout
         self._name_suffix = name_suffix
         # Insertion order is recency order: warn() moves an entry to the end, eviction pops the front.
         self._entries: collections.OrderedDict[tuple[str, str], _Entry] = collections.OrderedDict()

@@ -28,14 +28,11 @@ class IndexListener(Protocol):
 
 
 class PodIndex:
-    def __init__(self, decide: Callable[[PodInfo], Identity], host_ips: Iterable[str] = (),
-                 *, loopback_is_host: bool = True) -> None:
+    def __init__(self, decide: Callable[[PodInfo], Identity], host_ips: Iterable[str] = ()) -> None:
         self._decide = decide
         self._by_uid: dict[str, PodEntry] = {}
         self._by_ip: dict[str, dict[str, PodEntry]] = {}
         self._static_host_ips = frozenset(host_ips)
-        self._loopback_is_host = loopback_is_host
-        """Pod traffic arrives through DNAT with the pod's address; loopback is only ever the node."""
         self._host_network: dict[str, str] = {}
         """hostNetwork pod uid -> its IP, which is one of the node's own addresses."""
         self._host_ips = self._static_host_ips
@@ -105,9 +102,8 @@ class PodIndex:
 
     def is_host_ip(self, ip: str) -> bool:
         """Whether ``ip`` is the node's own: configured, loopback, or a hostNetwork pod's IP."""
-        if ip in self._host_ips:
-            return True
-        return self._loopback_is_host and (ip.startswith("127.") or ip == "::1")
+        # Pod traffic arrives through DNAT with the pod's address; loopback is only ever the node.
+        return ip in self._host_ips or ip.startswith("127.") or ip == "::1"
 
     def _note_host_network(self, pod: PodInfo) -> None:
         before = self._host_network.get(pod.uid)

@@ -35,13 +35,6 @@ from podiam.settings import KubeSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
-INACTIVITY_MARGIN = 30.0
-"""Seconds past the server-side watch timeout after which a silent stream is presumed dead."""
-
-RETRY_JITTER = 0.5
-"""Fraction of a retry delay taken off at random: every node's agent loses the API at the
-same moment, and must not come back to it in lockstep."""
-
 MAX_ERROR = 200
 """Characters of an error message kept in the health state (it is shown on /readyz)."""
 
@@ -123,7 +116,8 @@ class ListWatcher:
         self._fields = fields
         self.what = what
         self._sleep, self._clock, self._rng = sleep, clock, rng
-        self._backoff = Backoff(settings.watch_retry_initial, settings.watch_retry_max, RETRY_JITTER)
+        self._backoff = Backoff(settings.watch_retry_initial, settings.watch_retry_max,
+                                settings.watch_retry_jitter)
         self._label = resource.__name__.lower()
         self._synced = False
         self._failing_since: float | None = None
@@ -207,7 +201,7 @@ class ListWatcher:
             server_timeout=int(self._settings.watch_timeout),
             **self._scope,
         ).__aiter__()
-        inactivity = self._settings.watch_timeout + INACTIVITY_MARGIN
+        inactivity = self._settings.watch_timeout + self._settings.watch_inactivity_margin
         try:
             while True:
                 try:

@@ -31,9 +31,6 @@ RULE_COMMENT = "podiam: pod metadata to the agent"
 METADATA_IP = "169.254.169.254"
 METADATA_PORT = 80
 
-DEFAULT_TIMEOUT = 10.0
-"""Seconds: deadline of one iptables call, xtables lock wait included."""
-
 TABLE = "nat"
 CHAIN = "PREROUTING"
 
@@ -186,7 +183,7 @@ def _check_port(value: int, what: str) -> None:
 
 
 async def ensure_rule(
-    rule: DnatRule, *, call_timeout: float = DEFAULT_TIMEOUT, binary: str = "iptables"
+    rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout, binary: str = "iptables"
 ) -> bool:
     """Install ``rule`` unless it is there already; return whether it was added.
 
@@ -200,7 +197,7 @@ async def ensure_rule(
 
 
 async def remove_rule(
-    rule: DnatRule, *, call_timeout: float = DEFAULT_TIMEOUT, binary: str = "iptables"
+    rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout, binary: str = "iptables"
 ) -> int:
     """Delete every copy of ``rule``; return how many were deleted (0 when absent)."""
     removed = 0
@@ -219,7 +216,7 @@ async def remove_rule(
 
 
 async def rule_count(
-    rule: DnatRule, *, call_timeout: float = DEFAULT_TIMEOUT, binary: str = "iptables"
+    rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout, binary: str = "iptables"
 ) -> int:
     """How many copies of ``rule`` are in the nat PREROUTING chain."""
     listing = await _iptables(["-S", CHAIN], call_timeout=call_timeout, binary=binary)
@@ -231,7 +228,7 @@ class _RuleAbsent(IptablesError):
 
 
 async def rule_present(
-    rule: DnatRule, *, call_timeout: float = DEFAULT_TIMEOUT, binary: str = "iptables"
+    rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout, binary: str = "iptables"
 ) -> bool:
     """Whether ``rule`` is in the nat PREROUTING chain (``iptables -C``)."""
     try:

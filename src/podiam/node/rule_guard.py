@@ -24,6 +24,7 @@ import structlog
 from podiam.errors import IptablesError
 from podiam.node.iptables import DnatRule, ensure_rule, rule_present
 from podiam.observability.metrics import Metrics
+from podiam.settings import NodeSettings
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -50,18 +51,20 @@ class RuleStore(Protocol):
 class IptablesRules:
     """The DNAT rule in the node's nat table."""
 
-    def __init__(self, rule: DnatRule) -> None:
+    def __init__(self, rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout) -> None:
         self._rule = rule
+        self._call_timeout = call_timeout
 
     def describe(self) -> str:
         r = self._rule
         return f"nat PREROUTING DNAT of {r.metadata_ip}:{r.metadata_port} on {r.interface} to {r.destination}"
 
     async def present(self) -> bool:
-        return await rule_present(self._rule)
+        return await rule_present(self._rule, call_timeout=self._call_timeout)
 
     async def restore(self) -> None:
-        await ensure_rule(self._rule)  # checks again: a rule put back meanwhile is not doubled
+        # ensure_rule checks again: a rule put back meanwhile is not doubled.
+        await ensure_rule(self._rule, call_timeout=self._call_timeout)
 
 
 class RuleGuard:

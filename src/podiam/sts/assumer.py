@@ -37,18 +37,6 @@ from podiam.errors import CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
 
-CONNECT_TIMEOUT = 1.0
-"""Seconds for one TCP/TLS connect to STS: a healthy endpoint connects in milliseconds,
-so a longer wait only eats the call deadline that a retry could use."""
-
-MAX_ATTEMPTS = 3
-"""Attempts per AssumeRole call (botocore's standard retry mode), all within call_timeout."""
-
-MAX_POOL_CONNECTIONS = 50
-"""At start an agent prefetches every pod of its node at once (kubelet's default limit is
-110 pods); botocore's default pool of 10 would queue those calls behind each other,
-eating their deadlines."""
-
 UNAVAILABLE_CODE = "Unavailable"
 """The error code recorded (metrics, the cache's state view) for StsUnavailable, which has none."""
 
@@ -84,11 +72,11 @@ class StsAssumer:
         session = self._session or get_session()
         _prefer_endpoint_choice(session, regional=self._settings.regional_endpoint)
         config = AioConfig(
-            connect_timeout=min(CONNECT_TIMEOUT, self._settings.call_timeout),
+            connect_timeout=min(self._settings.connect_timeout, self._settings.call_timeout),
             # Half the deadline per attempt: a hung attempt leaves time for one retry.
             read_timeout=self._settings.call_timeout / 2,
-            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
-            max_pool_connections=MAX_POOL_CONNECTIONS,
+            retries={"mode": "standard", "total_max_attempts": self._settings.max_attempts},
+            max_pool_connections=self._settings.max_pool_connections,
             # Shows in CloudTrail's userAgent: which AssumeRole calls were podiam's.
             user_agent_extra=f"podiam/{__version__}",
         )
@@ -150,20 +138,6 @@ class StsAssumer:
             # within the call deadline of it.
             last_updated=dt.datetime.now(dt.UTC),
         )
-
-    async def caller_arn(self) -> str:
-        """The ARN podiam itself calls STS as (GetCallerIdentity): a start-up diagnostic.
-
-        It needs no IAM permission, so it proves credentials and endpoint work without
-        proving that AssumeRole on pod roles is allowed.
-        """
-        client = self._require_client()
-        try:
-            async with asyncio.timeout(self._settings.call_timeout):
-                response = await client.get_caller_identity()
-        except (ClientError, BotoCoreError, TimeoutError) as e:
-            raise _map_error(e, what="get the caller identity", deadline=self._settings.call_timeout) from e
-        return str(response["Arn"])
 
     def _require_client(self) -> Any:
         if self._client is None:

@@ -10,15 +10,18 @@ it is discarded: the end of every call schedules the next timer.
 ``get`` decides, with ``now`` from the clock and ``remaining`` = expiration - now:
 
 1. remaining > session_refresh: the cached credentials, at once (a dict lookup).
-2. EXPIRY_MARGIN < remaining <= session_refresh (due): join the refresh in flight, or
+2. expiry_margin < remaining <= session_refresh (due): join the refresh in flight, or
    start one unless an error younger than error_ttl says STS is failing; wait for it
    at most request_wait; answer the new credentials, else the old ones, still valid.
-3. nothing cached, or remaining <= EXPIRY_MARGIN: an error younger than error_ttl is
+3. nothing cached, or remaining <= expiry_margin: an error younger than error_ttl is
    raised again without calling STS (negative cache); else the caller starts or joins
    the call and waits for it. Expired credentials are never answered.
 
 A call is its own task: a caller that gives up (an SDK's 1 s timeout) leaves the call
 running, and its retry finds the credentials cached.
+
+Every duration and jitter named here is a field of StsSettings (settings.py says why each
+has its value).
 
 Times: the clock's ``now`` is wall time, because expirations are wall time; delays go
 through the clock's ``call_later`` so that tests drive every timing rule with a fake
@@ -38,7 +41,7 @@ from typing import Protocol, Self
 import structlog
 
 from podiam.backoff import Backoff
-from podiam.credentials import EXPIRY_MARGIN, Credentials, Identity
+from podiam.credentials import Credentials, Identity
 from podiam.errors import ConfigError, CredentialsError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
@@ -46,19 +49,6 @@ from podiam.sts.assumer import Assumer, error_code
 
 log = structlog.stdlib.get_logger(__name__)
 
-
-REFRESH_JITTER = 0.1
-"""Background refreshes start up to this fraction of session_refresh early, at random:
-identities fetched together (a node's start, a rollout) then do not refresh together."""
-
-BACKOFF_JITTER = 0.25
-"""Back-off delays are shortened by up to this fraction, at random, so that identities
-failing together (an STS outage) do not retry together."""
-
-MAX_TIMER = 300.0
-"""Seconds: the longest a timer sleeps before checking the wall clock again. Timers run
-on the loop's monotonic clock while expirations are wall time; a wall-clock step (NTP,
-a resumed VM) is then noticed within this bound."""
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
@@ -107,11 +97,11 @@ def refresh_time(
 ) -> dt.datetime:
     """When credentials fetched at ``fetched_at`` are refreshed in the background.
 
-    ``session_refresh`` before expiry, minus a jitter of up to REFRESH_JITTER of it
+    ``session_refresh`` before expiry, minus a jitter of up to ``refresh_jitter`` of it
     (``r`` in [0, 1)), never sooner than backoff_initial after the fetch: credentials
     that arrive already due (a misconfiguration) must not loop on STS.
     """
-    due = expiration - dt.timedelta(seconds=settings.session_refresh * (1.0 + REFRESH_JITTER * r))
+    due = expiration - dt.timedelta(seconds=settings.session_refresh * (1.0 + settings.refresh_jitter * r))
     return max(due, fetched_at + dt.timedelta(seconds=settings.backoff_initial))
 
 
@@ -161,15 +151,10 @@ class CredentialCache:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if settings.session_duration <= settings.session_refresh + EXPIRY_MARGIN:
-            raise ConfigError(
-                f"the STS session duration ({settings.session_duration:g} s) must exceed the refresh"
-                f" time before expiry ({settings.session_refresh:g} s) by more than {EXPIRY_MARGIN:g} s;"
-                " otherwise fresh credentials would be due for refresh at once"
-            )
+        # StsSettings checked that fresh credentials are not due at once (its __post_init__).
         try:
             # The shared, capped policy: days of STS outage never overflow the retry arithmetic.
-            self._backoff = Backoff(settings.backoff_initial, settings.backoff_max, BACKOFF_JITTER)
+            self._backoff = Backoff(settings.backoff_initial, settings.backoff_max, settings.backoff_jitter)
         except ValueError as e:
             raise ConfigError(f"STS retry back-off: {e}") from e
         self._assumer = assumer
@@ -179,7 +164,7 @@ class CredentialCache:
         # Jitter only spreads load; it needs no unpredictability.
         self._rng = rng or random.Random()  # noqa: S311
         self._refresh = dt.timedelta(seconds=settings.session_refresh)
-        self._margin = dt.timedelta(seconds=EXPIRY_MARGIN)
+        self._margin = dt.timedelta(seconds=settings.expiry_margin)
         self._error_ttl = dt.timedelta(seconds=settings.error_ttl)
         self._entries: dict[Identity, _Entry] = {}
         self._tasks: set[asyncio.Task[Credentials | CredentialsError]] = set()
@@ -325,13 +310,6 @@ class CredentialCache:
         if entry.creds is not None:
             self._update_gauge()
 
-    def peek(self, identity: Identity) -> Credentials | None:
-        """The cached credentials if they are still valid (beyond EXPIRY_MARGIN); no side effects."""
-        entry = self._entries.get(identity)
-        if entry is None or entry.creds is None or self._clock.now() >= entry.valid_until:
-            return None
-        return entry.creds
-
     def state(self) -> Mapping[Identity, EntryState]:
         """A read-only view of every known identity, without secrets (a debug endpoint's)."""
         return MappingProxyType(
@@ -411,14 +389,15 @@ class CredentialCache:
             entry.timer.cancel()
         entry.timer_at = at
         delay = (at - self._clock.now()).total_seconds()
-        entry.timer = self._clock.call_later(min(max(delay, 0.0), MAX_TIMER), lambda: self._on_timer(entry))
+        entry.timer = self._clock.call_later(min(max(delay, 0.0), self._settings.max_timer),
+                                             lambda: self._on_timer(entry))
 
     def _on_timer(self, entry: _Entry) -> None:
         entry.timer = None
         if not self._open or self._entries.get(entry.identity) is not entry or entry.fetch is not None:
             return
         if entry.timer_at is not None and self._clock.now() < entry.timer_at:
-            self._schedule(entry, entry.timer_at)  # woke early: MAX_TIMER or a wall-clock step
+            self._schedule(entry, entry.timer_at)  # woke early: max_timer or a wall-clock step
             return
         self._start_fetch(entry)
 

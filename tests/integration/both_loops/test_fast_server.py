@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
+from pod_doubles import LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import MAX_URL, FastServer
@@ -59,14 +60,14 @@ class Running:
 
 @pytest_asyncio.fixture
 async def running() -> AsyncIterator[Running]:
-    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity,
-                     loopback_is_host=False)
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity)
     index.replace([PodInfo("ns", "p", "u", "127.0.0.1", "Running", annotations={"iam.amazonaws.com/role": "slow"})])
     source = Source()
-    deps = ImdsDeps(pods=index, credentials=source, tokens=TokenIssuer(), issuance=IssuanceLog("n"),
-                    metrics=Metrics(), settings=ImdsSettings(pod_wait=0.01), upstream=None, ready=lambda: True,
-                    limiter=RateLimiter(0))
-    async with FastServer(MetadataCore(deps), "127.0.0.1", 0, grace=5.0, keepalive_timeout=0.5) as server:
+    deps = ImdsDeps(pods=LoopbackPods(index), credentials=source,
+                    tokens=TokenIssuer(), issuance=IssuanceLog("n"),
+                    metrics=Metrics(), settings=ImdsSettings(pod_wait=0.01, keepalive_timeout=0.5), upstream=None,
+                    ready=lambda: True, limiter=RateLimiter(0))
+    async with FastServer(MetadataCore(deps), "127.0.0.1", 0, grace=5.0, settings=deps.settings) as server:
         yield Running(server, source)
         source.release.set()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from pod_doubles import LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import FEED_SLICE, FastServer, MetadataProtocol
@@ -86,14 +87,14 @@ class Limited:
 @pytest_asyncio.fixture
 async def limited() -> AsyncIterator[Limited]:
     source, metrics = Source(), Metrics()
-    settings = ImdsSettings(pod_wait=0.01, write_buffer_high=HIGH, pipeline_depth=DEPTH, max_connections_per_ip=CAP)
-    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity,
-                     loopback_is_host=False)
+    settings = ImdsSettings(pod_wait=0.01, write_buffer_high=HIGH, pipeline_depth=DEPTH, max_connections_per_ip=CAP,
+                            keepalive_timeout=30.0)
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity)
     index.replace([PodInfo("ns", "p", "u", "127.0.0.1", "Running", annotations={"iam.amazonaws.com/role": "slow"})])
-    deps = ImdsDeps(pods=index, credentials=source, tokens=TokenIssuer(), issuance=IssuanceLog("n"),
+    deps = ImdsDeps(pods=LoopbackPods(index), credentials=source,
+                    tokens=TokenIssuer(), issuance=IssuanceLog("n"),
                     metrics=metrics, settings=settings, upstream=None, ready=lambda: True, limiter=RateLimiter(0))
-    async with FastServer(MetadataCore(deps), "127.0.0.1", 0, grace=5.0, keepalive_timeout=30.0,
-                          settings=settings, metrics=metrics) as server:
+    async with FastServer(MetadataCore(deps), "127.0.0.1", 0, grace=5.0, settings=settings, metrics=metrics) as server:
         yield Limited(server, source, metrics)
         source.release.set()
 

@@ -1,0 +1,28 @@
+"""The pod index as the metadata endpoint's HTTP tests need it (tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+from podiam.kube.pod_index import PodIndex
+from podiam.pods import PodEntry
+
+
+class LoopbackPods:
+    """A real PodIndex, except that loopback addresses may be pods' (core's PodLookup).
+
+    The HTTP tests serve their pods at 127.0.0.1: a test machine has no other address that a
+    client can connect from. In the agent loopback is only ever the node itself, which
+    PodIndex.is_host_ip answers (tests/unit/test_pod_index.py holds it to that); everything
+    else these tests ask the index itself.
+    """
+
+    def __init__(self, index: PodIndex) -> None:
+        self.index = index
+
+    def lookup(self, ip: str) -> PodEntry:
+        return self.index.lookup(ip)
+
+    async def wait_for(self, ip: str, timeout: float) -> PodEntry:
+        return await self.index.wait_for(ip, timeout)
+
+    def is_host_ip(self, ip: str) -> bool:
+        return not ip.startswith("127.") and self.index.is_host_ip(ip)
