@@ -190,6 +190,15 @@ class ImdsSettings:
     """Pipelined requests one connection may have waiting for replies (behind one that waits
     for STS, say) before it stops being read; resumed when half have been answered."""
 
+    rate_limit_log_interval: float = 60.0
+    """Seconds between two log lines about one rate-limited caller. A flooding pod would
+    otherwise write a line per request; podiam_imds_refusals_total still counts every 429."""
+
+    rendered_replies: int = 8192
+    """Rendered credential replies kept, one per set of credentials in use, so far above need
+    (past it they are dropped together: the live ones render again once). Also how many
+    rate-limited callers' last log times are remembered."""
+
     allow_route_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -257,6 +266,9 @@ class AgentSettings:
     node: NodeSettings = field(default_factory=NodeSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    task_stop_timeout: float = 5.0
+    """Seconds a cancelled root task (a watcher, the rule guard) gets to finish at shutdown
+    before it is logged by name as stuck; a stuck task must not hold the node's pods' rule."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +280,4 @@ class ExplainSettings:
     restrictions: RestrictionSettings = field(default_factory=RestrictionSettings)
     sts: StsSettings = field(default_factory=StsSettings)
     metadata_addr: str = "169.254.169.254"
-    """The node's IMDS, for --auto-discover-base-arn only."""
-    region: str | None = None
-    """For --assume; from AWS_REGION / AWS_DEFAULT_REGION."""
+    """The node's IMDS, for --auto-discover-base-arn only. --assume uses ``sts.region``."""
