@@ -142,8 +142,8 @@ async def explain(settings: ExplainSettings, *, namespace: str, name: str | None
             _not_served(result, pods, e)
             return result
         if entry.pod.host_network:  # the node's own network, served --host-network-role
-            shown = next(p for p in pods if p.host_network)
-            result.pod = _describe(shown)
+            shown = next((p for p in pods if p.host_network), None)  # none for loopback or --host-ip
+            result.pod = _describe(shown) if shown else result.pod
             result.passed("pod", "uses hostNetwork; the node's network gets --host-network-role")
             _served(result, decide(entry))
             return result

@@ -87,6 +87,7 @@ async def _endpoint(emulator: KubeApiEmulator, roles: RoleSettings, ip: str) -> 
 @pytest.mark.parametrize(("ip", "status", "host_role"), [
     ("10.0.0.1", 200, None), ("10.0.0.2", 404, None), ("10.0.0.3", 403, None), ("10.0.0.4", 409, None),
     ("10.0.0.5", 404, None), ("10.0.0.254", 403, None), ("10.0.0.254", 200, "node-tools"), ("10.0.0.9", 404, None),
+    ("127.0.0.1", 403, None), ("127.0.0.1", 200, "node-tools"),  # the node itself: no pod object at all
 ])
 async def test_explain_answers_each_ip_as_the_endpoint_does(
     kube: tuple[KubeApiEmulator, KubeSettings], ip: str, status: int, host_role: str | None
