@@ -337,6 +337,9 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
         )
         if assume and settings.sts.region is None:
             raise click.UsageError("--assume needs a region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+        # The report is the output: the agent's own warnings (e.g. the namespace index's about a
+        # malformed annotation, which the report lists as a failed check) go to stderr, errors only.
+        podiam_logging.configure(LogSettings(level="error"))
         from podiam.explain import explain as run_explain  # noqa: PLC0415 - keeps `--help` fast
 
         result = asyncio.run(run_explain(settings, namespace=namespace, name=pod, ip=ip, assume=assume))
