@@ -320,8 +320,6 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
     """
     if (pod is None) == (ip is None):
         raise click.UsageError("name a POD or give --ip, not both")
-    if assume and _region(os.environ) is None:
-        raise click.UsageError("--assume needs a region: set AWS_REGION (or AWS_DEFAULT_REGION)")
     try:
         settings = ExplainSettings(
             kube=KubeSettings(node_name=node or "", kubeconfig=flags["kubeconfig"]),
@@ -329,8 +327,12 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
             restrictions=_restriction_settings(flags),
             sts=_sts_settings(flags, os.environ),
             metadata_addr=flags["metadata_addr"],
-            region=_region(os.environ),
         )
+        if assume and settings.sts.region is None:
+            raise click.UsageError("--assume needs a region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+        # The report is the output: the agent's own warnings (e.g. the namespace index's about a
+        # malformed annotation, which the report lists as a failed check) go to stderr, errors only.
+        podiam_logging.configure(LogSettings(level="error"))
         from podiam.explain import explain as run_explain  # noqa: PLC0415 - keeps `--help` fast
 
         result = asyncio.run(run_explain(settings, namespace=namespace, name=pod, ip=ip, assume=assume))

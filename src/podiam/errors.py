@@ -5,7 +5,15 @@ commands) are mapped onto it at the module that talks to the dependency, with
 
     PodiamError                     anything podiam raises on purpose
     ├── ConfigError                 a bad flag or setting; the process refuses to start
-    ├── BadRequestTarget            a metadata request's target is not canonical (400)
+    ├── RequestRefused              a metadata request refused for what it is, before its caller matters
+    │   ├── BadRequestTarget        the target is not canonical
+    │   ├── RateLimited             the caller is over --pod-rate-limit (retry_after: whole seconds)
+    │   ├── MethodNotAllowed        not GET or HEAD (not PUT, for the token)
+    │   ├── ForwardedTokenRequest   a token request relayed by a proxy (SSRF guard, as real IMDS)
+    │   ├── BadTokenTtl             the token TTL header is missing or out of range
+    │   ├── TokenRequired           no token, and --require-imdsv2
+    │   ├── InvalidToken            the token is invalid, expired or another caller's
+    │   └── PathNotAllowed          neither an IAM path nor allow-listed (decided once the caller is known)
     ├── IdentityError               why a request cannot be tied to one pod and role
     │   ├── PodNotFound             no active pod has the caller's IP (after --pod-wait)
     │   ├── PodAmbiguous            two active pods share the caller's IP: refused, not guessed
@@ -23,7 +31,8 @@ commands) are mapped onto it at the module that talks to the dependency, with
     └── IptablesError               installing or removing the DNAT rule failed
 
 Each error's message is written for the person who reads it: what happened and, where
-there is one, what to do. Messages never contain secrets.
+there is one, what to do. Messages never contain secrets. The status, metrics label and
+event reason each error is answered with are in one table, ``decision.REFUSALS``.
 """
 
 from __future__ import annotations
@@ -37,8 +46,45 @@ class ConfigError(PodiamError):
     """A flag or setting is invalid; raised before anything starts."""
 
 
-class BadRequestTarget(PodiamError):
+class RequestRefused(PodiamError):
+    """A metadata request refused for what it is (its method, token, path, rate), not for who sent it."""
+
+
+class BadRequestTarget(RequestRefused):
     """A metadata request's target is not in the one canonical form (imds/target.py)."""
+
+
+class RateLimited(RequestRefused):
+    """The caller spent its request budget; ``retry_after`` is whole seconds, at least 1."""
+
+    def __init__(self, message: str, *, retry_after: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """The Retry-After header's value, as rate_limit.retry_after_header renders it."""
+
+
+class MethodNotAllowed(RequestRefused):
+    """The method is not one the route takes."""
+
+
+class ForwardedTokenRequest(RequestRefused):
+    """A token request carries X-Forwarded-For: relayed by a proxy, so refused as real IMDS does."""
+
+
+class BadTokenTtl(RequestRefused):
+    """A token request's TTL header is missing or not a whole number of seconds in range."""
+
+
+class TokenRequired(RequestRefused):
+    """A request without a token while IMDSv2 is required."""
+
+
+class InvalidToken(RequestRefused):
+    """The token is malformed, expired, or was issued to another caller."""
+
+
+class PathNotAllowed(RequestRefused):
+    """A path that is neither an IAM path nor allow-listed for proxying to the node's IMDS."""
 
 
 class IdentityError(PodiamError):

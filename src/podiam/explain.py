@@ -1,9 +1,12 @@
 """
 `podiam explain`: what the agent would decide for one pod, for a person debugging it.
 
-It runs the agent's own policy (RolePolicy.explain), with the same flags, on the pod and
-namespace as the API has them now, and lists each check with its outcome; with --assume it
-also makes the AssumeRole call. Nothing here decides anything the agent does not.
+It loads the pod (or the pods with the IP) and its namespace, as the API has them now, into
+the agent's own PodIndex and NamespaceIndex with the agent's policy and flags, and asks them
+what the agent asks: who the IP is (decision.caller: the node's own network, ambiguity,
+inactive pods) and what that pod is answered (decision.decide, decision.refusal for the
+status). It lists each check with its outcome; with --assume it also makes the AssumeRole
+call. Nothing here decides anything the agent does not.
 """
 
 from __future__ import annotations
@@ -14,22 +17,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from podiam.credentials import Identity
+from podiam.decision import Refusal, caller, decide, refusal
 from podiam.errors import (
     CredentialsError,
     HostNetworkCaller,
     IdentityError,
     NodeMetadataError,
-    PodAmbiguous,
     PodiamError,
     PodNotFound,
 )
-from podiam.imds.core import status_for
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
-from podiam.kube.connection import make_client
+from podiam.kube.connection import KubeClient, make_client
 from podiam.kube.lookup import namespace_annotations, pod_by_name, pods_by_ip
+from podiam.kube.namespace_index import NamespaceIndex
+from podiam.kube.pod_index import PodIndex
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
-from podiam.policy import RolePolicy
+from podiam.policy import NamespaceRules, RolePolicy
 from podiam.settings import ExplainSettings
 from podiam.sts.assumer import StsAssumer
 
@@ -59,11 +63,14 @@ class Explanation:
     def passed(self, check: str, detail: str) -> None:
         self.checks.append(Check(check, True, detail))
 
-    def failed(self, check: str, error: PodiamError) -> None:
+    def failed(self, check: str, error: PodiamError, detail: str | None = None) -> None:
+        """``check`` failed with ``error``; ``detail`` says why when the endpoint's message does not."""
+        self.refused(check, refusal(error), detail)
+
+    def refused(self, check: str, answer: Refusal, detail: str | None = None) -> None:
         # STS's error code is already in its message (see sts/assumer.py).
-        self.checks.append(Check(check, False, str(error)))
-        self.status = status_for(error)
-        self.answer = str(error)
+        self.checks.append(Check(check, False, detail or answer.message))
+        self.status, self.answer = answer.status, answer.message
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "gets_credentials": self.gets_credentials}, indent=2)
@@ -97,80 +104,96 @@ async def explain(settings: ExplainSettings, *, namespace: str, name: str | None
     """Explain the decision for pod ``namespace/name``, or the pod with ``ip``."""
     result = Explanation(target=f"{namespace}/{name}" if name else f"IP {ip}")
     client = make_client(settings.kube)
+    node = settings.kube.node_name
     try:
-        pod = await _find(client, result, namespace=namespace, name=name, ip=ip, node=settings.kube.node_name)
-        if pod is None:
-            return result
+        if name is not None:
+            named = await pod_by_name(client, namespace, name)
+            if named is None:
+                result.failed("pod", PodNotFound(f"pod {namespace}/{name} does not exist"))
+                return result
+            result.pod = _describe(named)
+            pods = [named]
+        else:
+            # Like the agent, which knows only its own node's pods (when --node says which).
+            pods = [p for p in await pods_by_ip(client, ip or "") if not node or p.node == node]
         base_arn = await _base_arn(settings, result)
         policy = RolePolicy.from_settings(settings.roles, base_arn, settings.restrictions)
-        node = settings.kube.node_name
-        if node and pod.node != node:
-            result.failed("pod", PodNotFound(f"pod {pod.ref} runs on node {pod.node or '(none yet)'}, not {node}: "
-                                             f"the agent on {node} never serves it"))
+        if name is not None and node and pods[0].node != node:
+            result.failed("pod", PodNotFound(f"pod {pods[0].ref} runs on node {pods[0].node or '(none yet)'}, not "
+                                             f"{node}: the agent on {node} never serves it"))
             return result
-        if not pod.active:
-            return _inactive(result, pod, policy)
-        result.passed("pod", f"running with IP {pod.ip} on node {pod.node}")
-        rules = None
-        if settings.restrictions.enabled:
-            annotations = await namespace_annotations(client, pod.namespace)
-            rules = None if annotations is None else policy.parse_namespace(pod.namespace, annotations)
+        namespaces = await _namespace_index(client, settings, policy, pods)
+
+        def rules(pod: PodInfo) -> NamespaceRules | None:
+            return namespaces.rules(pod.namespace) if namespaces else None
+
+        # The agent's index, holding what the agent's watch would hold: the same code then
+        # decides hostNetwork, inactive pods and shared IPs, and runs the policy.
+        index = PodIndex(lambda pod: policy.identity(pod, rules(pod)))
+        index.replace(pods)
+        target_ip = ip if name is None else pods[0].ip
+        if target_ip is None:  # the pod cannot ask yet: there is nothing the endpoint would decide
+            result.failed("pod", PodNotFound(f"pod {pods[0].ref} has no IP yet, so its IP is not served"))
+            return result
+        host_identity = policy.host_identity(node or next((p.node for p in pods if p.node), ""))
         try:
-            identity, passed = policy.explain(pod, rules)
+            entry = caller(index, target_ip, host_identity)
         except IdentityError as e:
-            result.role_arn = _role_or_none(policy, pod)
-            result.failed("policy", e)
+            _not_served(result, pods, e)
             return result
-        result.role_arn, result.session_name = identity.role_arn, identity.session_name
+        if entry.pod.host_network:  # the node's own network, served --host-network-role
+            shown = next((p for p in pods if p.host_network), None)  # none for loopback or --host-ip
+            result.pod = _describe(shown) if shown else result.pod
+            result.passed("pod", "uses hostNetwork; the node's network gets --host-network-role")
+            _served(result, decide(entry))
+            return result
+        pod = entry.pod
+        result.pod = _describe(pod)
+        result.passed("pod", f"running with IP {pod.ip} on node {pod.node}")
+        decision = decide(entry)
+        if isinstance(decision, Refusal):
+            result.role_arn = _role_or_none(policy, pod)
+            result.refused("policy", decision)
+            return result
+        _, passed = policy.explain(pod, rules(pod))  # the index's decision, with its reasons
         for sentence in passed:
             result.passed("policy", sentence)
-        result.status, result.answer = 200, f"credentials for {identity.role_arn}"
+        _served(result, decision)
         if assume:
-            await _assume(settings, result, identity)
+            await _assume(settings, result, decision)
         return result
     finally:
         await client.close()
 
 
-async def _find(client: Any, result: Explanation, *, namespace: str, name: str | None,
-                ip: str | None, node: str) -> PodInfo | None:
-    if name is not None:
-        pod = await pod_by_name(client, namespace, name)
-        if pod is None:
-            result.failed("pod", PodNotFound(f"pod {namespace}/{name} does not exist"))
-        else:
-            result.pod = _describe(pod)
-        return pod
-    assert ip is not None
-    # Like the agent, which knows only its own node's pods (when --node says which).
-    candidates = [p for p in await pods_by_ip(client, ip) if not node or p.node == node]
-    active = [p for p in candidates if p.active]
-    if len(active) > 1:
-        refs = ", ".join(sorted(p.ref for p in active))
-        result.failed("pod", PodAmbiguous(f"IP {ip} belongs to more than one running pod ({refs})"))
+async def _namespace_index(client: KubeClient, settings: ExplainSettings, policy: RolePolicy,
+                           pods: list[PodInfo]) -> NamespaceIndex | None:
+    """The agent's namespace index with the pods' namespaces, when restrictions are on."""
+    if not settings.restrictions.enabled:
         return None
-    pod = active[0] if active else (candidates[0] if candidates else None)
-    if pod is None:
-        result.failed("pod", PodNotFound(f"no pod has IP {ip}"))
-        return None
-    result.pod = _describe(pod)
-    return pod
+    namespaces = NamespaceIndex(policy, Metrics())
+    for name in sorted({p.namespace for p in pods}):
+        namespaces.set(name, await namespace_annotations(client, name))
+    return namespaces
 
 
-def _inactive(result: Explanation, pod: PodInfo, policy: RolePolicy) -> Explanation:
-    if pod.host_network:
-        if policy.host_network_role_arn is None:
-            result.failed("pod", HostNetworkCaller(
-                f"pod {pod.ref} uses hostNetwork: it shares the node's IP and is not served a pod role "
-                "(see --host-network-role)"))
-        else:
-            result.role_arn = policy.host_network_role_arn
-            result.passed("pod", "uses hostNetwork; the node's network gets --host-network-role")
-            result.status, result.answer = 200, f"credentials for {policy.host_network_role_arn}"
-        return result
-    why = ("is being deleted" if pod.deleting else f"is {pod.phase}" if pod.ip else "has no IP yet")
-    result.failed("pod", PodNotFound(f"pod {pod.ref} {why}, so its IP is not served"))
-    return result
+def _served(result: Explanation, identity: Identity | Refusal) -> None:
+    assert isinstance(identity, Identity)  # the entry was found with an identity
+    result.role_arn, result.session_name = identity.role_arn, identity.session_name
+    result.status, result.answer = 200, f"credentials for {identity.role_arn}"
+
+
+def _not_served(result: Explanation, pods: list[PodInfo], error: IdentityError) -> None:
+    """The IP is refused before any policy runs: shared, the node's own, or no active pod has it."""
+    if isinstance(error, HostNetworkCaller):
+        result.pod = _describe(next((p for p in pods if p.host_network), pods[0])) if pods else result.pod
+    elif isinstance(error, PodNotFound) and pods:
+        pod = pods[0]
+        result.pod = _describe(pod)
+        why = "is being deleted" if pod.deleting else f"is {pod.phase}" if pod.ip else "has no IP yet"
+        result.failed("pod", error, f"pod {pod.ref} {why}, so its IP is not served")
+        return
+    result.failed("pod", error)
 
 
 def _role_or_none(policy: RolePolicy, pod: PodInfo) -> str | None:
@@ -193,9 +216,9 @@ async def _base_arn(settings: ExplainSettings, result: Explanation) -> str | Non
 
 
 async def _assume(settings: ExplainSettings, result: Explanation, identity: Identity) -> None:
-    assert settings.region is not None  # the CLI refuses --assume without a region
+    assert settings.sts.region is not None  # the CLI refuses --assume without a region
     try:
-        async with StsAssumer(settings.region, settings.sts, Metrics()) as assumer:
+        async with StsAssumer(settings.sts.region, settings.sts, Metrics()) as assumer:
             creds = await assumer.assume(identity)
     except CredentialsError as e:
         result.failed("AssumeRole", e)

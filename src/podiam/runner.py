@@ -27,11 +27,11 @@ import structlog
 from aiohttp import web
 
 from podiam.credentials import Identity
-from podiam.errors import ConfigError, NodeMetadataError, NoRoleError, PodiamError
+from podiam.errors import ConfigError, NodeMetadataError, PodiamError
 from podiam.imds.app import make_app
-from podiam.imds.core import EventSink, ImdsDeps, MetadataCore, NoEvents, event_reason
+from podiam.imds.core import EventSink, ImdsDeps, MetadataCore, NoEvents
 from podiam.imds.fast_server import FastServer
-from podiam.imds.ops_app import make_ops_app
+from podiam.imds.ops_app import debug_pods, make_ops_app
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
@@ -45,51 +45,15 @@ from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
 from podiam.node.rule_guard import RESTORED_REASON, IptablesRules, RuleGuard
 from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
 from podiam.observability.metrics import Metrics
-from podiam.pods import PodEntry, PodInfo
+from podiam.pods import PodInfo
 from podiam.policy import RolePolicy
+from podiam.prefetch import PrefetchWhenIndexed
 from podiam.readiness import Readiness
 from podiam.settings import AgentSettings, ImdsSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
 
 log = structlog.stdlib.get_logger(__name__)
-
-TASK_STOP_TIMEOUT = 5.0
-"""Seconds a cancelled root task gets to finish before it is reported as stuck."""
-
-
-class PrefetchWhenIndexed:
-    """Pod index listener: credentials are fetched when a pod enters the index (it is bound
-    to this node and has its IP), not when it first asks.
-
-    The IP is set before the pod's containers start, so a pod's first request finds its
-    credentials cached; when the last pod of an identity goes, they stop being refreshed.
-    """
-
-    def __init__(self, cache: CredentialCache, index: PodIndex, issuance: IssuanceLog, events: EventSink,
-                 metrics: Metrics) -> None:
-        self._cache, self._index, self._issuance, self._events = cache, index, issuance, events
-        self._metrics = metrics
-
-    def pod_active(self, entry: PodEntry) -> None:
-        if entry.identity is not None:
-            self._cache.prefetch(entry.identity)
-        elif entry.problem is not None:
-            # Told to the pod's owner when it is decided, not only when the pod first asks.
-            # A pod without a role is normal: no warning for it.
-            (log.debug if isinstance(entry.problem, NoRoleError) else log.warning)(
-                "pod cannot be served", pod=entry.pod.ref, reason=str(entry.problem))
-            reason = event_reason(entry.problem)
-            if reason is not None:
-                self._metrics.policy_denials.labels(reason).inc()
-                self._events.warn(entry.pod, reason, str(entry.problem))
-
-    def pod_gone(self, entry: PodEntry) -> None:
-        self._issuance.forget(entry.pod)
-        self._events.forget(entry.pod)
-        if entry.identity is not None and not self._index.identity_in_use(entry.identity):
-            self._cache.discard(entry.identity)
-
 
 async def _resolve_node_facts(settings: AgentSettings, upstream: NodeMetadataClient) -> tuple[str, str | None]:
     """The STS region and the base role ARN, from flags or from the node's own IMDS."""
@@ -113,16 +77,20 @@ async def _resolve_node_facts(settings: AgentSettings, upstream: NodeMetadataCli
     return region, base_arn
 
 
-async def _start_metadata_server(deps: ImdsDeps, settings: ImdsSettings) -> Callable[[], Awaitable[None]]:
-    """Serve the metadata endpoint; returns the staged stop (stop accepting, drain in-flight)."""
+async def _start_metadata_server(stack: contextlib.AsyncExitStack, deps: ImdsDeps,
+                                 settings: ImdsSettings) -> Callable[[], Awaitable[None]]:
+    """Serve the metadata endpoint until ``stack`` closes. Returns its staged stop (stop accepting,
+    drain in-flight), idempotent: shutdown calls it first, before the rule goes, and the stack's
+    own exit then finds nothing to do (it stops the server only when start-up fails later)."""
     if settings.server == "aiohttp":
         runner = await _start_site(make_app(deps), settings.bind_address, settings.app_port,
                                    settings.shutdown_grace)
+        stack.push_async_callback(runner.cleanup)
         return runner.cleanup
     server = FastServer(MetadataCore(deps), settings.bind_address, settings.app_port, settings.shutdown_grace,
                         settings=settings, metrics=deps.metrics)
     try:
-        await server.__aenter__()
+        await stack.enter_async_context(server)
     except OSError as e:
         raise ConfigError(f"cannot listen on {settings.bind_address}:{settings.app_port}: {e.strerror or e}") from e
     return server.close
@@ -168,25 +136,6 @@ def _audit_writer(stack: contextlib.AsyncExitStack, target: str | None) -> Audit
         raise ConfigError(f"--audit-log: cannot open {target}: {e.strerror or e}") from e
     stack.callback(writer.close)
     return writer
-
-
-def debug_pods(index: PodIndex, cache: CredentialCache) -> list[dict[str, Any]]:
-    """The pod index and each identity's cache state, for /debug/pods. No secrets."""
-    state = cache.state()
-    rows = []
-    for entry in sorted(index.entries(), key=lambda e: (e.pod.namespace, e.pod.name)):
-        row: dict[str, Any] = {"namespace": entry.pod.namespace, "pod": entry.pod.name, "ip": entry.pod.ip,
-                               "uid": entry.pod.uid}
-        if entry.identity is None:
-            row["refused"] = str(entry.problem)
-        else:
-            cached = state.get(entry.identity)
-            row |= {"role_arn": entry.identity.role_arn, "session_name": entry.identity.session_name,
-                    "credentials_expire": cached.expiration.isoformat() if cached and cached.expiration else None,
-                    "last_error": cached.last_error_code if cached else None,
-                    "fetching": cached.fetching if cached else False}
-        rows.append(row)
-    return rows
 
 
 class Agent:
@@ -260,8 +209,7 @@ class Agent:
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                             limiter=limiter, events=events,
                             host_identity=host_identity)
-            stop_imds = await _start_metadata_server(deps, s.imds)
-            stack.push_async_callback(stop_imds)  # idempotent; normally done in _shutdown
+            stop_imds = await _start_metadata_server(stack, deps, s.imds)
             debug = (lambda: debug_pods(index, cache)) if s.metrics.debug else None
             ops_site = await _start_site(make_ops_app(self.metrics, ready.reason, debug), s.metrics.bind_address,
                                          s.metrics.port, 1.0)
@@ -316,7 +264,7 @@ class Agent:
         await stop_imds()  # stop accepting; in-flight requests finish within the grace
         if self._guard is not None:  # stopped first: it would put back the rule removed below
             self._guard.cancel()
-            await asyncio.wait([self._guard], timeout=TASK_STOP_TIMEOUT)
+            await asyncio.wait([self._guard], timeout=self.settings.task_stop_timeout)
         if rule is not None:
             try:
                 removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout)
@@ -332,6 +280,6 @@ class Agent:
         for task in tasks:
             task.cancel()
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT)
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.task_stop_timeout)
             for task in pending:
                 log.error("root task did not stop", task=task.get_name())

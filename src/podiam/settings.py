@@ -255,6 +255,15 @@ class ImdsSettings:
     memory is cleared (live tokens verify once more). An SDK uses one token for the two or
     three requests of a refresh."""
 
+    rate_limit_log_interval: float = 60.0
+    """Seconds between two log lines about one rate-limited caller. A flooding pod would
+    otherwise write a line per request; podiam_imds_refusals_total still counts every 429."""
+
+    rendered_replies: int = 8192
+    """Rendered credential replies kept, one per set of credentials in use, so far above need
+    (past it they are dropped together: the live ones render again once). Also how many
+    rate-limited callers' last log times are remembered."""
+
     allow_route_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -354,6 +363,9 @@ class AgentSettings:
     events: EventSettings = field(default_factory=EventSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    task_stop_timeout: float = 5.0
+    """Seconds a cancelled root task (a watcher, the rule guard) gets to finish at shutdown
+    before it is logged by name as stuck; a stuck task must not hold the node's pods' rule."""
 
 
 @dataclass(frozen=True)
@@ -365,6 +377,4 @@ class ExplainSettings:
     restrictions: RestrictionSettings = field(default_factory=RestrictionSettings)
     sts: StsSettings = field(default_factory=StsSettings)
     metadata_addr: str = "169.254.169.254"
-    """The node's IMDS, for --auto-discover-base-arn only."""
-    region: str | None = None
-    """For --assume; from AWS_REGION / AWS_DEFAULT_REGION."""
+    """The node's IMDS, for --auto-discover-base-arn only. --assume uses ``sts.region``."""
