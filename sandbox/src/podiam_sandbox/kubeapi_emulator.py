@@ -2,7 +2,7 @@
 The stateful Kubernetes API of the test world: kmock's emulator, made watch-correct.
 
 kmock 0.8's ``KubernetesEmulator`` serves objects over real HTTP but lacks what a
-watch-based agent relies on (listed in ``podiam.sandbox.kubeapi``). This subclass keeps
+watch-based agent relies on (listed in ``podiam_sandbox.kubeapi``). This subclass keeps
 kmock's HTTP plumbing, discovery, request log and reaction DSL, and replaces the object
 semantics:
 
@@ -34,11 +34,11 @@ import kmock
 # Exported by kmock 0.8 at runtime but not in its __all__ (mypy --strict honours __all__).
 from kmock._internal.rendering import Response, StreamingError
 
-from podiam.sandbox import kubeapi_wire as wire
-from podiam.sandbox.kubeapi_changes import ChangeLog
-from podiam.sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
-from podiam.sandbox.kubeapi_store import ObjectKey, ObjectStore
-from podiam.sandbox.kubeapi_watch import WatchDisconnected, WatchOptions, watch_events
+from podiam_sandbox import kubeapi_wire as wire
+from podiam_sandbox.kubeapi_changes import ChangeLog
+from podiam_sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
+from podiam_sandbox.kubeapi_store import ObjectKey, ObjectStore
+from podiam_sandbox.kubeapi_watch import WatchDisconnected, WatchOptions, watch_events
 
 ResourceRef = str | kmock.resource
 """A resource as tests name it: "pods", "v1/pods", "apps/v1/deployments" or a kmock.resource."""

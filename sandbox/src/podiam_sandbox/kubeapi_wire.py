@@ -23,7 +23,7 @@ import kmock
 # kmock 0.8 exports Response at runtime but leaves it out of __all__, which mypy --strict honours.
 from kmock._internal.rendering import Response
 
-from podiam.sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
+from podiam_sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
 
 TRUE_WORDS = frozenset({"1", "t", "T", "true", "True", "TRUE"})
 """What Go's strconv.ParseBool reads as true: the API server's reading of ``watch=``."""
