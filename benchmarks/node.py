@@ -22,7 +22,7 @@ from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
 from benchmarks.common import BENCH_DIR, agent_env, find_pid, spawned
-from podiam.sandbox.world import AgentProcess, World, WorldPod, free_port
+from podiam_sandbox.world import AgentProcess, World, WorldPod, free_port
 
 ROLE_KEY = "iam.amazonaws.com/role"
 PODCLIENT = BENCH_DIR / "podclient.py"

@@ -14,7 +14,7 @@ from typing import Any
 from benchmarks.common import BENCH_DIR, REPO, ScenarioResult, Target, metric, pairwise
 from benchmarks.node import Agent, bench_world, start_agent, stop_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, WorldPod
+from podiam_sandbox.world import World, WorldPod
 
 KEY = "app_impact"
 TITLE = "4. Application impact (the article's experiment: SDK calls with static credentials vs podiam)"

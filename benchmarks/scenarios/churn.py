@@ -19,7 +19,7 @@ from benchmarks.common import run as run_command
 from benchmarks.http_load import dnat_rule, nginx_serving, wrk
 from benchmarks.node import BASELINE_ENV, bench_world, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, free_port
+from podiam_sandbox.world import World, free_port
 
 KEY = "churn"
 TITLE = "6. Connection churn (wrk with Connection: close, in rounds, agent vs nginx)"

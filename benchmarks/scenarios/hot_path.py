@@ -14,7 +14,7 @@ from benchmarks.common import ScenarioResult, Target, agent_has_flag, cpu_second
 from benchmarks.http_load import dnat_rule, nginx_serving, wrk
 from benchmarks.node import BASELINE_ENV, bench_world, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, free_port
+from podiam_sandbox.world import World, free_port
 
 KEY = "hot_path"
 TITLE = "1. Hot path vs the limit (cached credential GET, wrk, agent vs nginx)"

@@ -27,7 +27,7 @@ from benchmarks.common import (
 )
 from benchmarks.node import bench_world, bounded, podclient, start_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, free_port
+from podiam_sandbox.world import World, free_port
 
 KEY = "memory"
 TITLE = "5. Memory and start (RSS and time to ready by pods on the node; RSS over a soak)"

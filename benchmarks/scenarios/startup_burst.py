@@ -12,7 +12,7 @@ from typing import Any
 from benchmarks.common import ScenarioResult, Target, percentile
 from benchmarks.node import PodClient, bench_world, bounded, create_pod, podclient, set_running, start_agent
 from benchmarks.profiles import Context
-from podiam.sandbox.netns import Pod
+from podiam_sandbox.netns import Pod
 
 KEY = "startup_burst"
 TITLE = "3. Start-up burst (pods become Running at once and ask at once)"

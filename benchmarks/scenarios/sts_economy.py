@@ -26,7 +26,7 @@ from benchmarks.node import (
     stop_agent,
 )
 from benchmarks.profiles import Context
-from podiam.sandbox.world import World, WorldPod
+from podiam_sandbox.world import World, WorldPod
 
 KEY = "sts_economy"
 TITLE = "2. STS economy (AssumeRole calls: per refresh window, on the request path, single-flight)"

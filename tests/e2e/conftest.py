@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from podiam.sandbox.world import World
+from podiam_sandbox.world import World
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

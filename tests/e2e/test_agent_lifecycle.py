@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from podiam.node.iptables import DnatRule, remove_rule, rule_count
-from podiam.sandbox.netns import PodHttpError
-from podiam.sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
+from podiam_sandbox.netns import PodHttpError
+from podiam_sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

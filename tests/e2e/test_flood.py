@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from podiam.sandbox.world import World, wait_until
+from podiam_sandbox.world import World, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

@@ -23,8 +23,8 @@ import pytest_asyncio
 from aiohttp import web
 from yarl import URL
 
-from podiam.sandbox.kubeapi import write_kubeconfig
-from podiam.sandbox.world import BASE_ARN, World, wait_until
+from podiam_sandbox.kubeapi import write_kubeconfig
+from podiam_sandbox.world import BASE_ARN, World, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

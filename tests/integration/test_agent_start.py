@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from podiam.sandbox.kubeapi import run_kubeapi
+from podiam_sandbox.kubeapi import run_kubeapi
 
 
 async def agent(*args: str, timeout: float = 30.0) -> tuple[int | None, str]:

@@ -30,9 +30,9 @@ from podiam.kube.connection import make_client
 from podiam.kube.events import EventRecorder, random_suffix
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
-from podiam.sandbox.kubeapi import run_kubeapi, write_kubeconfig
-from podiam.sandbox.kubeapi_emulator import KubeApiEmulator
 from podiam.settings import EventSettings, KubeSettings
+from podiam_sandbox.kubeapi import run_kubeapi, write_kubeconfig
+from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
 
 NODE = "node-1"
 INTERVAL = 60.0

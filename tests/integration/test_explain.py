@@ -24,9 +24,9 @@ from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
 from podiam.policy import RolePolicy
-from podiam.sandbox.kubeapi import run_kubeapi
-from podiam.sandbox.kubeapi_emulator import KubeApiEmulator
 from podiam.settings import ExplainSettings, ImdsSettings, KubeSettings, RoleSettings
+from podiam_sandbox.kubeapi import run_kubeapi
+from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
 
 NODE = "node-1"
 BASE = "arn:aws:iam::123456789012:role/"

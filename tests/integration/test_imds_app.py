@@ -33,8 +33,8 @@ from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
 from podiam.policy import RolePolicy
-from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_USER_DATA, FakeNodeImds
 from podiam.settings import ImdsSettings, RoleSettings
+from podiam_sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_USER_DATA, FakeNodeImds
 
 BASE = "arn:aws:iam::123456789012:role/"
 CREDS = "/latest/meta-data/iam/security-credentials/"

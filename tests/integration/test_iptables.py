@@ -14,8 +14,8 @@ import pytest
 
 from podiam.errors import ConfigError
 from podiam.node.iptables import RULE_COMMENT, DnatRule, ensure_rule, remove_rule, rule_count
-from podiam.sandbox.netns import PodNetwork
-from podiam.sandbox.peer_server import PeerServer
+from podiam_sandbox.netns import PodNetwork
+from podiam_sandbox.peer_server import PeerServer
 
 UNUSED_DESTINATION = "198.51.100.254"  # TEST-NET-2: no traffic on this machine goes there
 

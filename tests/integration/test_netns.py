@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from podiam.sandbox.netns import (
+from podiam_sandbox.netns import (
     STATE_DIR,
     CommandTimeout,
     PodHttpError,
@@ -18,7 +18,7 @@ from podiam.sandbox.netns import (
     SandboxError,
     cleanup_stale,
 )
-from podiam.sandbox.peer_server import PeerServer
+from podiam_sandbox.peer_server import PeerServer
 
 pytestmark = pytest.mark.root
 
@@ -183,7 +183,7 @@ async def test_networks_get_distinct_subnets() -> None:
 CRASHING_RUN = """
 import asyncio, os
 from podiam.node.iptables import DnatRule, ensure_rule
-from podiam.sandbox.netns import PodNetwork
+from podiam_sandbox.netns import PodNetwork
 
 async def main():
     net = PodNetwork()

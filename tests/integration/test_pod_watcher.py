@@ -22,9 +22,9 @@ from podiam.kube.pod_watcher import pod_watcher
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodEntry
 from podiam.policy import RolePolicy
-from podiam.sandbox.kubeapi import run_kubeapi
-from podiam.sandbox.kubeapi_emulator import KubeApiEmulator
 from podiam.settings import KubeSettings, RoleSettings
+from podiam_sandbox.kubeapi import run_kubeapi
+from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
 
 NODE = "node-1"
 

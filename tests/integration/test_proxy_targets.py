@@ -35,7 +35,8 @@ from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
 from podiam.policy import RolePolicy
-from podiam.sandbox.node_imds import (
+from podiam.settings import DEFAULT_ALLOW_ROUTE_REGEXP, ImdsSettings, RoleSettings
+from podiam_sandbox.node_imds import (
     NODE_ACCESS_KEY_ID,
     NODE_INSTANCE_PROFILE_ID,
     NODE_ROLE_NAME,
@@ -43,7 +44,6 @@ from podiam.sandbox.node_imds import (
     NODE_USER_DATA,
     FakeNodeImds,
 )
-from podiam.settings import DEFAULT_ALLOW_ROUTE_REGEXP, ImdsSettings, RoleSettings
 
 IP = "127.0.0.1"
 NODE_SECRETS = (NODE_ACCESS_KEY_ID, NODE_SECRET_ACCESS_KEY, NODE_INSTANCE_PROFILE_ID, "DO-NOT-LEAK",

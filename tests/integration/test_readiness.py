@@ -22,8 +22,8 @@ from podiam.kube.watcher import WatchHealth
 from podiam.observability.metrics import Metrics
 from podiam.policy import RolePolicy
 from podiam.readiness import Readiness
-from podiam.sandbox.kubeapi import write_kubeconfig
 from podiam.settings import KubeSettings, RoleSettings
+from podiam_sandbox.kubeapi import write_kubeconfig
 
 
 def closed_port() -> int:

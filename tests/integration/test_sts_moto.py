@@ -20,10 +20,10 @@ from aiobotocore.session import get_session
 from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
-from podiam.sandbox.sts import ACCOUNT_ID, AssumeRoleCall, MotoSts
 from podiam.settings import StsSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
+from podiam_sandbox.sts import ACCOUNT_ID, AssumeRoleCall, MotoSts
 
 REGION = "us-east-1"
 ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/app"

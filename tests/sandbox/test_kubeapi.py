@@ -30,7 +30,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod
 from lightkube.types import PatchType, on_error_retry
 
-from podiam.sandbox.kubeapi import KubeApi, KubeApiEmulator, run_kubeapi
+from podiam_sandbox.kubeapi import KubeApi, KubeApiEmulator, run_kubeapi
 
 DEADLINE = 5.0
 """Seconds any single wait may take before the test fails (they normally take milliseconds)."""
@@ -663,7 +663,7 @@ async def test_events_are_a_namespaced_resource(emulator: KubeApiEmulator, http:
 async def test_standalone_server(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "podiam.sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
+        sys.executable, "-m", "podiam_sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
         "--kubeconfig", str(kubeconfig), "--namespace", "default",
         stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
     )

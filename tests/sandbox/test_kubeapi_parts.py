@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podiam.sandbox.kubeapi_changes import Change, ChangeLog, ResourceExpired
-from podiam.sandbox.kubeapi_objects import merge_patch, patched, replaced
-from podiam.sandbox.kubeapi_selectors import (
+from podiam_sandbox.kubeapi_changes import Change, ChangeLog, ResourceExpired
+from podiam_sandbox.kubeapi_objects import merge_patch, patched, replaced
+from podiam_sandbox.kubeapi_selectors import (
     FieldRequirement,
     FieldSelector,
     LabelRequirement,

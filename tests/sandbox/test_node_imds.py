@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from podiam.sandbox.node_imds import (
+from podiam_sandbox.node_imds import (
     NODE_ACCESS_KEY_ID,
     NODE_INSTANCE_ID,
     NODE_INSTANCE_PROFILE_ID,
@@ -209,7 +209,7 @@ async def test_requests_are_recorded(imds: FakeNodeImds, http: aiohttp.ClientSes
 
 async def test_standalone_process_reports_ready_and_stops_on_sigterm(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "podiam.sandbox.node_imds", "--host", "127.0.0.1", "--port", "0",
+        sys.executable, "-m", "podiam_sandbox.node_imds", "--host", "127.0.0.1", "--port", "0",
         "--region", "eu-west-1",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip

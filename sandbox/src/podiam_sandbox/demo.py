@@ -4,7 +4,7 @@ The demo: one node on this machine, three pods, one real ``podiam agent --iptabl
 Each pod runs ``aws sts get-caller-identity`` with no credentials of its own; podiam
 answers its metadata requests with its own role's credentials. Exits non-zero if any pod
 got something other than what it should, or if anything is left behind.
-Run as root: ``scripts/demo`` (or ``python -m podiam.sandbox.demo``).
+Run as root: ``scripts/demo`` (or ``python -m podiam_sandbox.demo``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import signal
 import sys
 
 from podiam.node.iptables import DnatRule, rule_count
-from podiam.sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_ROLE_NAME
-from podiam.sandbox.world import ACCOUNT, World, WorldError, WorldPod
+from podiam_sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_ROLE_NAME
+from podiam_sandbox.world import ACCOUNT, World, WorldError, WorldPod
 
 PODS = [
     # namespace, name, role annotation

@@ -34,8 +34,8 @@ from lightkube.resources.core_v1 import Event, Namespace
 from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
-from podiam.sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
-from podiam.sandbox.sts import MotoSts
+from podiam_sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
+from podiam_sandbox.sts import MotoSts
 
 NODE_NAME = "node-1"
 ACCOUNT = "123456789012"
@@ -228,10 +228,10 @@ class World:
             # STS listens on the bridge address: the agent and the pods' SDKs both reach it there.
             self.sts = await self._stack.enter_async_context(MotoSts(host=self.net.gateway_ip))
             self.node_imds_addr = (await self._start_service(
-                "podiam.sandbox.node_imds", "--host", "127.0.0.1", "--port", "0"
+                "podiam_sandbox.node_imds", "--host", "127.0.0.1", "--port", "0"
             )).removeprefix("http://").rstrip("/")
             self.kubeconfig = self._tmp / "kubeconfig"
-            await self._start_service("podiam.sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
+            await self._start_service("podiam_sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
                                       "--kubeconfig", str(self.kubeconfig))
             self.kube = lightkube.AsyncClient(lightkube.KubeConfig.from_file(self.kubeconfig))
             self._stack.push_async_callback(self.kube.close)

@@ -2,7 +2,7 @@
 The stateful Kubernetes API of the test world: kmock's emulator, made watch-correct.
 
 kmock 0.8's ``KubernetesEmulator`` serves objects over real HTTP but lacks what a
-watch-based agent relies on (listed in ``podiam.sandbox.kubeapi``). This subclass keeps
+watch-based agent relies on (listed in ``podiam_sandbox.kubeapi``). This subclass keeps
 kmock's HTTP plumbing, discovery, request log and reaction DSL, and replaces the object
 semantics:
 
@@ -31,20 +31,38 @@ import aiohttp.web
 import attrs
 import kmock
 
-# Exported by kmock 0.8 at runtime but not in its __all__ (mypy --strict honours __all__).
-from kmock._internal.rendering import Response, StreamingError
+# kmock's one private name the sandbox needs: see failed_stream. At the top, so that a kmock
+# that moved it fails at import, not inside an error handler.
+from kmock._internal.rendering import StreamingError
 
-from podiam.sandbox import kubeapi_wire as wire
-from podiam.sandbox.kubeapi_changes import ChangeLog
-from podiam.sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
-from podiam.sandbox.kubeapi_store import ObjectKey, ObjectStore
-from podiam.sandbox.kubeapi_watch import WatchDisconnected, WatchOptions, watch_events
+from podiam_sandbox import kubeapi_wire as wire
+from podiam_sandbox.kubeapi_changes import ChangeLog
+from podiam_sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
+from podiam_sandbox.kubeapi_store import ObjectKey, ObjectStore
+from podiam_sandbox.kubeapi_watch import WatchDisconnected, WatchOptions, watch_events
 
 ResourceRef = str | kmock.resource
 """A resource as tests name it: "pods", "v1/pods", "apps/v1/deployments" or a kmock.resource."""
 
 MERGE_PATCH_TYPES = frozenset({"application/merge-patch+json", "application/strategic-merge-patch+json"})
 ALL_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
+
+
+def failed_stream(exc: Exception) -> tuple[aiohttp.web.StreamResponse, Exception] | None:
+    """The response and the error behind ``exc`` when it is kmock's wrapper of a failed stream.
+
+    kmock wraps an error raised while it streams a reply (a watch) in ``StreamingError``,
+    which carries the response already under way. kmock's own ``__call__`` unwraps it;
+    ``KubeApiEmulator.__call__`` replaces that method (to parse paths its own way), so it
+    must unwrap it too. The class is only in kmock's private ``_internal`` module (0.8 has
+    no public name for it): this is the sandbox's one use of it, and the sandbox's
+    pyproject pins kmock to 0.8.x for it.
+    """
+    if not isinstance(exc, StreamingError):
+        return None
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    raw_response: aiohttp.web.StreamResponse = exc.args[0]
+    return raw_response, cause
 
 
 def core_resources() -> dict[str, kmock.ResourceInfo]:
@@ -175,18 +193,18 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         """Serve one HTTP request; kmock's own parser cannot read namespace paths or PUT."""
         try:
             return await self._handle(await self._parse(raw_request))
-        except StreamingError as e:
-            cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+        except Exception as e:
+            stream = failed_stream(e)
+            if stream is None:
+                self._record_error(e)
+                return await self._render_error(e)
+            raw_response, cause = stream
             self._record_error(cause)
-            raw_response: aiohttp.web.StreamResponse = e.args[0]
             if not raw_response.prepared:  # failed before the first byte, e.g. a bad watch parameter
                 return await self._render_error(cause)
             await self._stream_error(cause, raw_response)
             await raw_response.write_eof()
             return raw_response
-        except Exception as e:
-            self._record_error(e)
-            return await self._render_error(e)
 
     async def _parse(self, raw_request: aiohttp.web.BaseRequest) -> kmock.Request:
         """Read and record a request, as kmock does, with the Kubernetes meaning of kubeapi_wire."""
@@ -220,7 +238,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             payload["groupVersion"] = payload["groupVersion"][1:]  # kmock writes "/v1" for the core group
         return payload
 
-    async def _serve_list(self, request: kmock.Request) -> Response:
+    async def _serve_list(self, request: kmock.Request) -> kmock.Response:
         resource = self._known(request.resource)
         return wire.json_response({
             "apiVersion": self._api_version(resource),
@@ -230,7 +248,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         })
 
     # kmock declares its watch handler as a stream; this one answers 400 before streaming.
-    async def _serve_watch(self, request: kmock.Request) -> Response:  # type: ignore[override]
+    async def _serve_watch(self, request: kmock.Request) -> kmock.Response:  # type: ignore[override]
         resource = self._known(request.resource)
         options = WatchOptions(
             resource=resource,
@@ -243,7 +261,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             timeout=wire.parse_timeout(request.params),
         )
         stream = self._stream(request, options)
-        return Response(status=200, headers={"Content-Type": "application/json"}, payload=stream)
+        return kmock.Response(status=200, headers={"Content-Type": "application/json"}, payload=stream)
 
     async def _stream(self, request: kmock.Request, options: WatchOptions) -> AsyncIterator[Any]:
         yield b""  # send the headers now: an idle watch is still an established watch
@@ -257,13 +275,13 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             if transport is not None:
                 transport.close()  # mid-stream, without the chunked terminator: a broken connection
 
-    async def _serve_fetch(self, request: kmock.Request) -> Response:
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Response:
         key = self._request_key(request)
         if request.subresource not in (None, "status"):
             raise wire.not_found(f"{key[0].plural}/{request.subresource}", key[2])
         return wire.json_response(self._store.require(key))
 
-    async def _serve_create(self, request: kmock.Request) -> Response:
+    async def _serve_create(self, request: kmock.Request) -> kmock.Response:
         resource = self._known_or_new(request.resource)
         body = self._body(request)
         if request.name is None:
@@ -275,7 +293,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             return wire.json_response(success, status=201)
         raise wire.not_found(f"{resource.plural}/{request.subresource}", request.name)
 
-    async def _serve_update(self, request: kmock.Request) -> Response:
+    async def _serve_update(self, request: kmock.Request) -> kmock.Response:
         key = self._request_key(request)
         if request.method == kmock.method.PUT:
             return wire.json_response(self._store.replace(key, self._body(request), request.subresource))
@@ -284,7 +302,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             raise wire.unsupported_media_type(content_type)
         return wire.json_response(self._store.patch(key, self._body(request), request.subresource))
 
-    async def _serve_delete(self, request: kmock.Request) -> Response:
+    async def _serve_delete(self, request: kmock.Request) -> kmock.Response:
         return wire.json_response(self._store.delete(self._request_key(request)))
 
     def _create(self, resource: kmock.resource, namespace: str | None, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from typing import Any
 
 import kmock
 
-from podiam.sandbox import kubeapi_objects as objects
-from podiam.sandbox import kubeapi_wire as wire
-from podiam.sandbox.kubeapi_changes import Change, ChangeLog, ChangeType, with_version
-from podiam.sandbox.kubeapi_selectors import ObjectFilter
+from podiam_sandbox import kubeapi_objects as objects
+from podiam_sandbox import kubeapi_wire as wire
+from podiam_sandbox.kubeapi_changes import Change, ChangeLog, ChangeType, with_version
+from podiam_sandbox.kubeapi_selectors import ObjectFilter
 
 ObjectKey = tuple[kmock.resource, str | None, str]
 """Where an object is kept: (resource, namespace or None if cluster-scoped, name)."""

@@ -13,7 +13,7 @@ X-Forwarded-For), 401 for an invalid or expired token, token-less requests allow
 ``require_token``; any version prefix (``latest``, ``2009-04-04``) serves the same tree.
 
 In process: ``async with FakeNodeImds() as imds: imds.url``. Standalone:
-``python -m podiam.sandbox.node_imds --host H --port P`` prints ``ready URL`` and exits
+``python -m podiam_sandbox.node_imds --host H --port P`` prints ``ready URL`` and exits
 cleanly on SIGTERM or SIGINT.
 """
 
@@ -256,7 +256,7 @@ async def _serve(host: str, port: int, region: str, account_id: str, require_tok
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m podiam.sandbox.node_imds", description=__doc__.split("\n\n")[0]
+        prog="python -m podiam_sandbox.node_imds", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")

@@ -14,7 +14,7 @@ In process (tests)::
 
 Standalone (the demo; its own process, as sandbox servers must not share the agent's)::
 
-    python -m podiam.sandbox.kubeapi --host 127.0.0.1 --port 0 --kubeconfig PATH
+    python -m podiam_sandbox.kubeapi --host 127.0.0.1 --port 0 --kubeconfig PATH
 
 writes the kubeconfig, prints ``ready <url>`` once serving, and exits cleanly on SIGTERM
 or SIGINT. It serves with aiohttp directly rather than through ``kmock.Server``, which
@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp.web
 
-from podiam.sandbox.kubeapi_emulator import KubeApiEmulator, ResourceRef, core_resources
+from podiam_sandbox.kubeapi_emulator import KubeApiEmulator, ResourceRef, core_resources
 
 __all__ = [
     "KubeApi",
@@ -115,9 +115,9 @@ def write_kubeconfig(path: Path, url: str, *, namespace: str = "default") -> Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m podiam.sandbox.kubeapi``: serve until SIGTERM or SIGINT."""
+    """``python -m podiam_sandbox.kubeapi``: serve until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(
-        prog="python -m podiam.sandbox.kubeapi",
+        prog="python -m podiam_sandbox.kubeapi",
         description="Serve the sandbox's Kubernetes API emulator until SIGTERM or SIGINT.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")

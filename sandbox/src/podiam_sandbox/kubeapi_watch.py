@@ -22,8 +22,8 @@ from typing import Any
 
 import kmock
 
-from podiam.sandbox.kubeapi_changes import Change, ChangeLog, ResourceExpired, Subscription, with_version
-from podiam.sandbox.kubeapi_selectors import ObjectFilter
+from podiam_sandbox.kubeapi_changes import Change, ChangeLog, ResourceExpired, Subscription, with_version
+from podiam_sandbox.kubeapi_selectors import ObjectFilter
 
 WatchEvent = dict[str, Any]
 

@@ -20,10 +20,7 @@ from typing import Any
 import aiohttp.web
 import kmock
 
-# kmock 0.8 exports Response at runtime but leaves it out of __all__, which mypy --strict honours.
-from kmock._internal.rendering import Response
-
-from podiam.sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
+from podiam_sandbox.kubeapi_selectors import FieldSelector, LabelSelector, ObjectFilter, SelectorError
 
 TRUE_WORDS = frozenset({"1", "t", "T", "true", "True", "TRUE"})
 """What Go's strconv.ParseBool reads as true: the API server's reading of ``watch=``."""
@@ -153,13 +150,13 @@ def is_true(params: Mapping[str, str], name: str) -> bool:
     return params.get(name) in TRUE_WORDS
 
 
-def json_response(payload: Any, *, status: int = 200) -> Response:
+def json_response(payload: Any, *, status: int = 200) -> kmock.Response:
     """A JSON answer with exactly ``Content-Type: application/json``, as lightkube expects.
 
     The status and headers are always given explicitly: kmock copies a returned Response's
     metadata onto the reaction that served it, so it would leak into later answers.
     """
-    return Response(status=status, headers={"Content-Type": "application/json"}, payload=payload)
+    return kmock.Response(status=status, headers={"Content-Type": "application/json"}, payload=payload)
 
 
 def status_body(error: kmock.KubernetesError) -> dict[str, Any]:
