@@ -194,6 +194,7 @@ def _role_list(role_name: str) -> Reply:
 
 Answer = Reply | Coroutine[Any, Any, Reply]
 
+
 class MetadataCore:
     def __init__(self, deps: ImdsDeps) -> None:
         self._d = deps
