@@ -26,6 +26,10 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         """caller -> (tokens, time of the last update)"""
 
+    def __len__(self) -> int:
+        """Callers remembered now: what ``max_tracked`` bounds, whatever callers a pod invents."""
+        return len(self._buckets)
+
     def retry_after(self, caller: str) -> float:
         """Take one token for ``caller``: 0 when allowed, else seconds until one is free."""
         if self.rate == 0:
