@@ -44,7 +44,7 @@ def core(metrics: Metrics, source: Source, limiter: RateLimiter | None = None) -
                    PodInfo("ns", "job", "u2", "10.0.0.6", "Running", annotations={"iam.amazonaws.com/role": "writer"})])
     deps = ImdsDeps(pods=index, credentials=source, tokens=TokenIssuer(), issuance=IssuanceLog("n1"),
                     metrics=metrics, settings=ImdsSettings(pod_wait=0.01), upstream=None, ready=lambda: True,
-                    limiter=limiter or RateLimiter(0))
+                    limiter=limiter if limiter is not None else RateLimiter(0))
     return MetadataCore(deps)
 
 

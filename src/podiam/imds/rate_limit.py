@@ -26,8 +26,11 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         """caller -> (tokens, time of the last update)"""
 
-    def __len__(self) -> int:
-        """Callers remembered now: what ``max_tracked`` bounds, whatever callers a pod invents."""
+    @property
+    def tracked(self) -> int:
+        """Callers remembered now: what ``max_tracked`` bounds, whatever callers a pod invents.
+
+        A property, not ``__len__``: an empty limiter must not be falsy (``limiter or default``)."""
         return len(self._buckets)
 
     def retry_after(self, caller: str) -> float:
