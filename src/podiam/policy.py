@@ -72,18 +72,25 @@ def resolve_role(value: str, base_arn: str | None) -> str:
     return arn
 
 
-def session_name(namespace: str, pod: str) -> str:
-    """``<namespace>.<pod>`` in STS's RoleSessionName charset, at most 64 characters.
+def fit_session_name(name: str) -> str:
+    """``name`` in STS's RoleSessionName charset (any other character becomes ``-``), at most
+    64 characters; the caller makes sure it has at least 2.
 
-    The name shows up in CloudTrail, so it names the pod; when it has to be cut, a hash of
-    the full name keeps two long names that share a prefix apart.
+    When it has to be cut, a hash of the full name keeps two long names that share a prefix
+    apart. Sanitising alone can make two names equal (``a b`` and ``a/b``): they then make the
+    same AssumeRole call, and so share credentials.
     """
-    full = f"{namespace}.{pod}"
-    safe = _SESSION_UNSAFE.sub("-", full)
+    safe = _SESSION_UNSAFE.sub("-", name)
     if len(safe) <= SESSION_NAME_MAX:
         return safe
-    digest = hashlib.sha256(full.encode()).hexdigest()[:_SESSION_HASH_LEN]
+    # surrogatepass: the API's JSON may carry a lone surrogate, which plain UTF-8 refuses.
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_SESSION_HASH_LEN]
     return f"{safe[: SESSION_NAME_MAX - _SESSION_HASH_LEN - 1]}-{digest}"
+
+
+def session_name(namespace: str, pod: str) -> str:
+    """``<namespace>.<pod>``, fitted to STS: the name shows up in CloudTrail, so it names the pod."""
+    return fit_session_name(f"{namespace}.{pod}")
 
 
 def glob_pattern(glob: str) -> re.Pattern[str]:
