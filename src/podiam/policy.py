@@ -277,7 +277,7 @@ class RolePolicy:
             return default, None
         value = raw.strip()  # YAML block scalars leave a trailing newline
         if len(value) < SESSION_NAME_MIN:
-            return default, (f"session name {default}, the default: annotation {SESSION_NAME_KEY} {raw!r} "
+            return default, (f"session name {default}, the default: annotation {SESSION_NAME_KEY} {raw[:100]!r} "
                              f"is shorter than STS's {SESSION_NAME_MIN} characters")
         name = fit_session_name(value)
         fitted = "" if name == value else f" (fitted to STS from {value[:100]!r})"
