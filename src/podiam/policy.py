@@ -1,6 +1,7 @@
 """
 From a pod to the AssumeRole call made for it: role annotation -> role ARN, the default
-role, namespace restrictions, the ExternalId, STS session name and tags.
+role, namespace restrictions, the ExternalId, the STS session name (kiam's annotation or
+the pod's name) and session tags.
 
 Everything here is pure and synchronous: it runs once per pod event, never per request,
 and its answer (an Identity, or the IdentityError to answer with) is kept in the pod index.
@@ -33,6 +34,9 @@ EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)
 
 MAX_ARN_LENGTH = 2048
 SESSION_NAME_MAX = 64
+SESSION_NAME_MIN = 2
+SESSION_NAME_KEY = "iam.amazonaws.com/session-name"
+"""kiam's pod annotation naming the STS session. Fixed, as in kiam, which had no flag for it."""
 _SESSION_UNSAFE = re.compile(r"[^\w+=,.@-]", re.ASCII)
 _SESSION_HASH_LEN = 8
 
@@ -72,18 +76,25 @@ def resolve_role(value: str, base_arn: str | None) -> str:
     return arn
 
 
-def session_name(namespace: str, pod: str) -> str:
-    """``<namespace>.<pod>`` in STS's RoleSessionName charset, at most 64 characters.
+def fit_session_name(name: str) -> str:
+    """``name`` in STS's RoleSessionName charset (any other character becomes ``-``), at most
+    64 characters; the caller makes sure it has at least 2.
 
-    The name shows up in CloudTrail, so it names the pod; when it has to be cut, a hash of
-    the full name keeps two long names that share a prefix apart.
+    When it has to be cut, a hash of the full name keeps two long names that share a prefix
+    apart. Sanitising alone can make two names equal (``a b`` and ``a/b``): they then make the
+    same AssumeRole call, and so share credentials.
     """
-    full = f"{namespace}.{pod}"
-    safe = _SESSION_UNSAFE.sub("-", full)
+    safe = _SESSION_UNSAFE.sub("-", name)
     if len(safe) <= SESSION_NAME_MAX:
         return safe
-    digest = hashlib.sha256(full.encode()).hexdigest()[:_SESSION_HASH_LEN]
+    # surrogatepass: the API's JSON may carry a lone surrogate, which plain UTF-8 refuses.
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_SESSION_HASH_LEN]
     return f"{safe[: SESSION_NAME_MAX - _SESSION_HASH_LEN - 1]}-{digest}"
+
+
+def session_name(namespace: str, pod: str) -> str:
+    """``<namespace>.<pod>``, fitted to STS: the name shows up in CloudTrail, so it names the pod."""
+    return fit_session_name(f"{namespace}.{pod}")
 
 
 def glob_pattern(glob: str) -> re.Pattern[str]:
@@ -246,9 +257,31 @@ class RolePolicy:
                 ("kubernetes-namespace", pod.namespace), ("kubernetes-pod-name", pod.name),
                 ("kubernetes-pod-uid", pod.uid), ("kubernetes-service-account", pod.service_account),
             ) if v)
-        identity = Identity(role_arn=arn, session_name=session_name(pod.namespace, pod.name),
-                            external_id=external_id, session_tags=tags)
+        name, how = self._session_name(pod)
+        if how is not None:
+            passed.append(how)
+        identity = Identity(role_arn=arn, session_name=name, external_id=external_id, session_tags=tags)
         return identity, passed
+
+    @staticmethod
+    def _session_name(pod: PodInfo) -> tuple[str, str | None]:
+        """The STS session name and, when the annotation is there, a sentence on what it gave.
+
+        A malformed annotation is fitted, not refused: the session name only labels the
+        session, and a pod should not lose its role over it. One too short for STS (empty,
+        whitespace, one character) leaves the default ``<namespace>.<pod>``.
+        """
+        default = session_name(pod.namespace, pod.name)
+        raw = pod.annotations.get(SESSION_NAME_KEY)
+        if raw is None:
+            return default, None
+        value = raw.strip()  # YAML block scalars leave a trailing newline
+        if len(value) < SESSION_NAME_MIN:
+            return default, (f"session name {default}, the default: annotation {SESSION_NAME_KEY} {raw[:100]!r} "
+                             f"is shorter than STS's {SESSION_NAME_MIN} characters")
+        name = fit_session_name(value)
+        fitted = "" if name == value else f" (fitted to STS from {value[:100]!r})"
+        return name, f"session name {name} from annotation {SESSION_NAME_KEY}{fitted}"
 
     def identity(self, pod: PodInfo, namespace: NamespaceRules | None = None) -> Identity:
         """The AssumeRole call for ``pod``; raises the IdentityError to answer it with."""

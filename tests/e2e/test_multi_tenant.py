@@ -1,8 +1,9 @@
 """
 Multi-tenant policy through the real DNAT path: namespace restrictions in both anchors'
 formats, run-time namespace changes, malformed annotations, the node's own network,
-Warning events on refused pods, the per-pod rate limit, and the audit trail; and
-`podiam explain` on each case, in text and JSON. Each test runs its own agent.
+Warning events on refused pods, the per-pod rate limit, kiam's session-name annotation and
+the audit trail; and `podiam explain` on each case, in text and JSON. Each test runs its
+own agent.
 """
 
 from __future__ import annotations
@@ -221,6 +222,27 @@ async def test_the_audit_log_has_one_record_per_issuance_and_no_secret(
     text = audit.read_text() + agent.logs()
     assert doc["SecretAccessKey"] not in text
     assert doc["Token"] not in text
+
+
+async def test_the_session_name_annotation_names_the_sts_session(world: World, start: Start, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    agent = await start("--audit-log", str(audit))
+    notes = {"iam.amazonaws.com/session-name": "orders consumer@kafka\n"}  # a space, a YAML newline
+    session = "orders-consumer@kafka"
+    pods = [await world.add_pod(f"msk-{i}", "team-msk", role="msk-role", annotations=notes) for i in (1, 2)]
+    for pod in pods:
+        assert await pod.boto3_caller_arn() == f"arn:aws:sts::{ACCOUNT}:assumed-role/msk-role/{session}"
+    # The session name is part of the cache key: two pods naming one session share it.
+    assert [c.role_arn for c in await world.sts.assume_role_calls(session_name=session)] == [BASE_ARN + "msk-role"]
+    code, text, doc = await explain(world, "-n", "team-msk", "msk-1")
+    assert (code, doc["session_name"]) == (0, session)
+    assert f"role        {BASE_ARN}msk-role (session {session})" in text
+    assert (f"session name {session} from annotation iam.amazonaws.com/session-name "
+            "(fitted to STS from 'orders consumer@kafka')") in text
+    await agent.stop()
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {(r["pod"], r["session_name"]) for r in records if r["namespace"] == "team-msk"} == {
+        ("msk-1", session), ("msk-2", session)}
 
 
 async def test_explain_with_assume_makes_the_sts_call(world: World) -> None:

@@ -114,6 +114,70 @@ def test_cut_session_names_of_different_pods_differ(namespace: str, stem: str) -
     assert session_name(namespace, stem + "-a") != session_name(namespace, stem + "-b")
 
 
+SESSION_KEY = "iam.amazonaws.com/session-name"
+STS_SESSION_RE = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)  # RoleSessionName, as STS documents it
+READER = {"iam.amazonaws.com/role": "reader"}
+
+
+def session_of(annotation: str, name: str = "web-1") -> str:
+    policy = RolePolicy.from_settings(RoleSettings(), BASE)
+    return policy.identity(pod({**READER, SESSION_KEY: annotation}, name=name)).session_name
+
+
+@given(st.text(st.characters(exclude_categories=())))  # any string, lone surrogates included
+def test_any_session_name_annotation_gives_a_name_sts_accepts(annotation: str) -> None:
+    got = session_of(annotation)
+    assert STS_SESSION_RE.fullmatch(got)
+    assert got == session_of(annotation)
+    if len(annotation.strip()) < 2:
+        assert got == "shop.web-1"
+
+
+@given(st.from_regex(STS_SESSION_RE, fullmatch=True))
+def test_a_valid_session_name_annotation_is_kept_exactly(annotation: str) -> None:
+    assert session_of(annotation) == annotation
+
+
+@pytest.mark.parametrize("annotation", ["", "   ", "\n", "x"])
+def test_a_session_name_too_short_for_sts_leaves_the_default(annotation: str) -> None:
+    assert session_of(annotation) == "shop.web-1"
+
+
+def test_a_malformed_session_name_is_fitted_not_refused() -> None:
+    assert session_of("kafka client/é 1\n") == "kafka-client---1"
+    assert session_of("  ordering-msk  ") == "ordering-msk"
+
+
+@given(st.text(st.characters(exclude_categories=()), min_size=60, max_size=100))
+def test_cut_session_name_annotations_that_share_a_prefix_differ(stem: str) -> None:
+    assert session_of(stem + "-a") != session_of(stem + "-b")
+
+
+def test_the_session_name_is_part_of_the_cache_key() -> None:
+    policy = RolePolicy.from_settings(RoleSettings(), BASE)
+
+    def identity(name: str, **annotations: str) -> object:
+        return policy.identity(pod({**READER, **annotations}, name=name))
+
+    # Same role: pods that name the same session share credentials, others do not.
+    assert identity("web-1", **{SESSION_KEY: "msk"}) == identity("web-2", **{SESSION_KEY: "msk"})
+    assert identity("web-1", **{SESSION_KEY: "msk"}) != identity("web-1", **{SESSION_KEY: "msk-2"})
+    assert identity("web-1", **{SESSION_KEY: "msk"}) != identity("web-1")
+
+
+def test_explain_says_where_the_session_name_came_from() -> None:
+    policy = RolePolicy.from_settings(RoleSettings(), BASE)
+    assert policy.explain(pod(READER), None)[1] == [f"role {BASE}reader from annotation iam.amazonaws.com/role",
+                                                    "namespace restrictions are off"]
+    _, passed = policy.explain(pod({**READER, SESSION_KEY: "msk"}), None)
+    assert passed[-1] == f"session name msk from annotation {SESSION_KEY}"
+    _, passed = policy.explain(pod({**READER, SESSION_KEY: "msk client"}), None)
+    assert passed[-1] == f"session name msk-client from annotation {SESSION_KEY} (fitted to STS from 'msk client')"
+    _, passed = policy.explain(pod({**READER, SESSION_KEY: " "}), None)
+    assert passed[-1] == (f"session name shop.web-1, the default: annotation {SESSION_KEY} ' ' "
+                          "is shorter than STS's 2 characters")
+
+
 def test_policy_uses_the_annotation_then_the_default_role() -> None:
     policy = RolePolicy.from_settings(RoleSettings(default_role="fallback"), BASE)
     assert policy.identity(pod({"iam.amazonaws.com/role": "reader"})).role_arn == BASE + "reader"
