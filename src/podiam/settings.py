@@ -170,6 +170,11 @@ class StsSettings:
     at once (kubelet's default limit is 110 pods); botocore's default pool of 10 would queue
     those calls behind each other, eating their deadlines."""
 
+    fetchers: int | None = None
+    """STS calls in flight at once, prefetches, refreshes and requests together; None: no bound
+    but the connection pool's. Split mode's server (--fetchers, 8 as kiam) bounds them, as it
+    prefetches every pod of the cluster at its start."""
+
     region: str | None = None
     """Region for STS; None: AWS_REGION / AWS_DEFAULT_REGION, else the node's IMDS placement."""
 
