@@ -323,8 +323,8 @@ async def test_replaced_certificate_files_apply_to_new_connections(
     # CA rollover: the server's files now name a new CA; an agent of the new CA gets in, the old one not.
     new_ca = trustme.CA()
     new_server = new_ca.issue_cert("localhost", "127.0.0.1")
-    for path, blob in ((server_files.cert, new_server.cert_chain_pems[0]), (server_files.key, new_server.private_key_pem),
-                       (server_files.ca, new_ca.cert_pem)):
+    for path, blob in ((server_files.cert, new_server.cert_chain_pems[0]),
+                       (server_files.key, new_server.private_key_pem), (server_files.ca, new_ca.cert_pem)):
         write(Path(path).parent, Path(path).name, blob)
     new_agent = leaf_files(tmp_path, new_ca, "new-agent", new_ca.issue_cert("agent"), new_ca)
     assert (await watch_once(server.address, channel_credentials(new_agent))).HasField("snapshot")
