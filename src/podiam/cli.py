@@ -9,11 +9,12 @@ names are accepted where they mean the same thing, so existing DaemonSets move o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -30,8 +31,10 @@ from podiam.settings import (
     LogSettings,
     MetricsSettings,
     NodeSettings,
+    RemoteSettings,
     RestrictionSettings,
     RoleSettings,
+    ServerSettings,
     StsSettings,
 )
 
@@ -205,10 +208,23 @@ def _policy_options(f: _F) -> _F:
 @_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
 @_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
       default="info", help="Log level. Served requests are logged at debug only; issuances and refusals at info.")
+@_opt("server-address", type=str, default=None, show_default=False,
+      help="Split mode: podiam servers to stream this node from (host:port, a comma-separated list, or "
+      "dns:///name:port); the agent then holds no AWS or Kubernetes credentials.")
+@_opt("cert", type=click.Path(dir_okay=False), default=None, show_default=False,
+      help="Split mode: PEM client certificate of this agent.")
+@_opt("key", type=click.Path(dir_okay=False), default=None, show_default=False,
+      help="Split mode: PEM private key of --cert.")
+@_opt("ca", type=click.Path(dir_okay=False), default=None, show_default=False,
+      help="Split mode: PEM CA bundle that signs the servers' certificates.")
+@_opt("server-name", type=str, default=None, show_default=False,
+      help="Split mode: the name the server's certificate must carry [default: the address's host].")
 def agent(**flags: Any) -> None:
     """Serve pods on this node their own IAM role's credentials (kube2iam's architecture)."""
+    ctx = click.get_current_context()
+    given = {name for name in flags if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     try:
-        settings = agent_settings(flags, os.environ)
+        settings = agent_settings(flags, os.environ, given)
         podiam_logging.configure(settings.log)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -274,11 +290,42 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSetti
     return settings
 
 
-def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSettings:
-    """Settings from parsed flags; ``environ`` only for the AWS region, which botocore reads alone otherwise."""
+SERVER_POLICY_FLAGS = (
+    "kubeconfig", "base_role_arn", "auto_discover_base_arn", "default_role", "default_role_bypasses_restrictions",
+    "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
+    "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
+    "sts_timeout", "iam_role_error_ttl", "use_regional_sts_endpoint", "pod_events",
+)
+"""Agent flags that are the server's in split mode: the agent holds no policy, STS or API access."""
+
+
+def _remote_settings(flags: dict[str, Any], given: Collection[str]) -> RemoteSettings | None:
+    if not flags.get("server_address"):
+        for flag in ("cert", "key", "ca", "server_name"):
+            if flags.get(flag):
+                raise ConfigError(f"--{flag.replace('_', '-')} is for split mode: give --server-address too")
+        return None
+    server_side = [name for name in SERVER_POLICY_FLAGS if name in given]
+    if server_side:
+        names = ", ".join("--" + ("no-pod-events" if n == "pod_events" else n.replace("_", "-")) for n in server_side)
+        raise ConfigError(f"with --server-address the policy is the server's: give {names} to `podiam server`")
+    missing = [f"--{flag}" for flag in ("cert", "key", "ca") if not flags.get(flag)]
+    if missing:
+        raise ConfigError(f"--server-address needs {', '.join(missing)} (mutual TLS only)")
+    from podiam.remote.client import parse_addresses  # noqa: PLC0415 - grpc loads in split mode only
+
+    return RemoteSettings(addresses=parse_addresses(flags["server_address"]), cert=flags["cert"], key=flags["key"],
+                          ca=flags["ca"], server_name=flags.get("server_name"))
+
+
+def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Collection[str] = ()) -> AgentSettings:
+    """Settings from parsed flags; ``environ`` only for the AWS region, which botocore reads alone otherwise.
+    ``given``: the flags set on the command line or in the environment (split mode refuses policy flags)."""
     if not flags["node"]:
         raise ConfigError("--node (or NODE_NAME) is required: the agent serves the pods of one node")
+    remote = _remote_settings(flags, given)
     return AgentSettings(
+        remote=remote,
         kube=KubeSettings(node_name=flags["node"], kubeconfig=flags["kubeconfig"]),
         roles=_role_settings(flags),
         restrictions=_restriction_settings(flags),
@@ -301,6 +348,51 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> AgentSe
         metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"],
                                 bind_address=flags["metrics_bind_address"]),
     )
+
+
+@main.command()
+@_policy_options
+@_opt("bind", type=str, default="0.0.0.0:9610", help="host:port of the gRPC service agents stream from.")
+@_opt("cert", type=click.Path(dir_okay=False), required=True, show_default=False,
+      help="PEM certificate of this server (reloaded when the file changes).")
+@_opt("key", type=click.Path(dir_okay=False), required=True, show_default=False, help="PEM private key of --cert.")
+@_opt("ca", type=click.Path(dir_okay=False), required=True, show_default=False,
+      help="PEM CA bundle that signs agent certificates (client certificates are required).")
+@_opt("fetchers", type=click.IntRange(min=1), default=8, help="STS calls in flight at once (prefetch and refresh).")
+@_opt("pod-events/--no-pod-events", default=True,
+      help="Record Warning events on pods that are refused (needs create/patch on events).")
+@_opt("metrics-port", type=click.IntRange(1, 65535), default=9620, help="Port of /metrics, /healthz and /readyz.")
+@_opt("metrics-bind-address", type=IpAddress(), default="0.0.0.0",  # noqa: S104 - scraped from other nodes
+      help="Address the metrics port listens on.")
+@_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
+@_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+      default="info", help="Log level.")
+def server(**flags: Any) -> None:
+    """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
+    try:
+        sts = _sts_settings(flags, os.environ)
+        settings = ServerSettings(
+            kube=KubeSettings(node_name="", kubeconfig=flags["kubeconfig"]),
+            cert=flags["cert"], key=flags["key"], ca=flags["ca"], bind=flags["bind"],
+            roles=_role_settings(flags), restrictions=_restriction_settings(flags),
+            sts=dataclasses.replace(sts, fetchers=flags["fetchers"]),
+            log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower()),
+            metrics=MetricsSettings(port=flags["metrics_port"], bind_address=flags["metrics_bind_address"]),
+            metadata_addr=flags["metadata_addr"], pod_events=flags["pod_events"],
+        )
+        podiam_logging.configure(settings.log)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    from podiam.server_runner import Server  # noqa: PLC0415 - imported late: `podiam --help` stays fast
+
+    try:
+        _run(Server(settings).run())
+    except ConfigError as e:
+        click.echo(f"podiam server: configuration error: {e}", err=True)
+        sys.exit(2)
+    except PodiamError as e:
+        click.echo(f"podiam server: {e}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -33,6 +33,7 @@ from podiam.errors import (
     NamespaceNotKnown,
     NodeMetadataError,
     NoRoleError,
+    NoServerReachable,
     PathNotAllowed,
     PodAmbiguous,
     PodiamError,
@@ -68,6 +69,8 @@ REFUSALS: dict[type[PodiamError], Row] = {
     InvalidToken: Row(401, "invalid_token"),
     PathNotAllowed: Row(404, "not_allowed"),
     PodNotFound: Row(404, "pod_not_found"),
+    # Split mode: the pod may well exist; the agent cannot learn of it. Retrying helps.
+    NoServerReachable: Row(503, "server_unreachable"),
     NoRoleError: Row(404, "no_role", expected=True),
     PodAmbiguous: Row(409, "ambiguous_ip"),
     InvalidRoleError: Row(403, "invalid_role", "IAMRoleInvalid"),
@@ -109,6 +112,32 @@ def refusal(error: PodiamError) -> Refusal:
     row = next((r for kind in type(error).__mro__ if (r := REFUSALS.get(kind)) is not None), _INTERNAL)
     headers = (("Retry-After", error.retry_after),) if isinstance(error, RateLimited) else ()
     return Refusal(row.status, row.reason, str(error), row.event, row.expected, headers)
+
+
+def _error_by_reason() -> dict[str, type[PodiamError]]:
+    """Reason label -> the most general error type with that label (REFUSALS inverted), for
+    the errors a decision can hold: a pod's (IdentityError) and an identity's (CredentialsError)."""
+    by_reason: dict[str, type[PodiamError]] = {}
+    for kind, row in REFUSALS.items():
+        if not issubclass(kind, IdentityError | CredentialsError):
+            continue  # decided per request, on the agent: they never cross the wire
+        known = by_reason.get(row.reason)
+        if known is None or issubclass(known, kind):
+            by_reason[row.reason] = kind
+    return by_reason
+
+
+_ERROR_BY_REASON = _error_by_reason()
+
+
+def error_for(reason: str, message: str) -> PodiamError:
+    """The podiam error that ``refusal`` answers with (status, reason, message) as
+    ``Refusal(reason, message)`` was: how a refusal decided elsewhere (split mode's server)
+    becomes an error again. Where several types share a label (RoleForbidden and
+    NamespaceNotKnown, StsCallFailed and CredentialsError) it is their common base, whose
+    answer is the same; an unknown label (a newer server) is answered as an internal error."""
+    kind = _ERROR_BY_REASON.get(reason, PodiamError)
+    return kind(message)
 
 
 def decide(entry: PodEntry) -> Identity | Refusal:

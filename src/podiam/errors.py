@@ -16,6 +16,7 @@ commands) are mapped onto it at the module that talks to the dependency, with
     │   └── PathNotAllowed          neither an IAM path nor allow-listed (decided once the caller is known)
     ├── IdentityError               why a request cannot be tied to one pod and role
     │   ├── PodNotFound             no active pod has the caller's IP (after --pod-wait)
+    │   │   └── NoServerReachable   ...and split mode's agent has no podiam server to learn it from
     │   ├── PodAmbiguous            two active pods share the caller's IP: refused, not guessed
     │   ├── HostNetworkCaller       the caller is the node itself or a hostNetwork pod
     │   ├── NoRoleError             the pod has no role annotation and there is no default role
@@ -93,6 +94,10 @@ class IdentityError(PodiamError):
 
 class PodNotFound(IdentityError):
     """No active pod on this node has the caller's IP."""
+
+
+class NoServerReachable(PodNotFound):
+    """Split mode: the agent's mirror does not know the caller and no podiam server answers."""
 
 
 class PodAmbiguous(IdentityError):

@@ -10,11 +10,13 @@ stop being refreshed.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import structlog
 
+from podiam.credentials import Identity
 from podiam.decision import Refusal, decide
 from podiam.imds.core import EventSink
-from podiam.kube.pod_index import PodIndex
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodEntry
@@ -23,10 +25,16 @@ from podiam.sts.cache import CredentialCache
 log = structlog.stdlib.get_logger(__name__)
 
 
+class IdentitiesInUse(Protocol):
+    """The pod index (one node's) or the server's cluster view (every node's)."""
+
+    def identity_in_use(self, identity: Identity) -> bool: ...
+
+
 class PrefetchWhenIndexed:
     """Pod index listener: prefetch a pod's identity, or tell its refusal when it is decided."""
 
-    def __init__(self, cache: CredentialCache, index: PodIndex, issuance: IssuanceLog, events: EventSink,
+    def __init__(self, cache: CredentialCache, index: IdentitiesInUse, issuance: IssuanceLog, events: EventSink,
                  metrics: Metrics) -> None:
         self._cache, self._index, self._issuance, self._events = cache, index, issuance, events
         self._metrics = metrics

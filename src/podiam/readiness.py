@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from podiam.kube.watcher import WatchHealth
+if TYPE_CHECKING:  # a type only: split mode's agent must not import the Kubernetes client
+    from podiam.kube.watcher import WatchHealth
 
 
 class WatchState(Protocol):

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -35,40 +35,36 @@ from podiam.imds.ops_app import debug_pods, make_ops_app
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
-from podiam.kube.connection import KubeClient, make_client
-from podiam.kube.events import EventRecorder
-from podiam.kube.namespace_index import NamespaceIndex, namespace_watcher
 from podiam.kube.pod_index import PodIndex
-from podiam.kube.pod_watcher import pod_watcher
-from podiam.kube.watcher import ListWatcher
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
 from podiam.node.rule_guard import RESTORED_REASON, IptablesRules, RuleGuard
 from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
 from podiam.observability.metrics import Metrics
-from podiam.pods import PodInfo
-from podiam.policy import RolePolicy
-from podiam.prefetch import PrefetchWhenIndexed
+from podiam.pods import PodEntry, PodInfo
 from podiam.readiness import Readiness
-from podiam.settings import AgentSettings, ImdsSettings
-from podiam.sts.assumer import StsAssumer
-from podiam.sts.cache import CredentialCache
+from podiam.settings import AgentSettings, ImdsSettings, RemoteSettings
+
+if TYPE_CHECKING:  # split mode's agent imports neither the Kubernetes client nor botocore
+    from podiam.kube.connection import KubeClient
+    from podiam.kube.events import EventRecorder
+    from podiam.kube.namespace_index import NamespaceIndex
+    from podiam.kube.watcher import ListWatcher
 
 log = structlog.stdlib.get_logger(__name__)
 
-async def _resolve_node_facts(settings: AgentSettings, upstream: NodeMetadataClient) -> tuple[str, str | None]:
+async def resolve_node_facts(region: str | None, base_arn: str | None, auto_discover: bool,
+                             upstream: NodeMetadataClient) -> tuple[str, str | None]:
     """The STS region and the base role ARN, from flags or from the node's own IMDS."""
-    region = settings.sts.region
     if region is None:
         try:
             region = await upstream.region()
         except NodeMetadataError as e:
             raise ConfigError(
                 f"no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), or let the agent reach the "
-                f"node's metadata service at {settings.imds.metadata_addr} ({e})"
+                f"node's metadata service ({e})"
             ) from e
         log.info("region discovered from node metadata", region=region)
-    base_arn = settings.roles.base_role_arn
-    if base_arn is None and settings.roles.auto_discover_base_arn:
+    if base_arn is None and auto_discover:
         try:
             base_arn = base_arn_from_profile(await upstream.instance_profile_arn())
         except NodeMetadataError as e:
@@ -83,7 +79,7 @@ async def _start_metadata_server(stack: contextlib.AsyncExitStack, deps: ImdsDep
     drain in-flight), idempotent: shutdown calls it first, before the rule goes, and the stack's
     own exit then finds nothing to do (it stops the server only when start-up fails later)."""
     if settings.server == "aiohttp":
-        runner = await _start_site(make_app(deps), settings.bind_address, settings.app_port,
+        runner = await start_site(make_app(deps), settings.bind_address, settings.app_port,
                                    settings.shutdown_grace)
         stack.push_async_callback(runner.cleanup)
         return runner.cleanup
@@ -96,7 +92,7 @@ async def _start_metadata_server(stack: contextlib.AsyncExitStack, deps: ImdsDep
     return server.close
 
 
-async def _start_site(app: web.Application, host: str, port: int, grace: float) -> web.AppRunner:
+async def start_site(app: web.Application, host: str, port: int, grace: float) -> web.AppRunner:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace)
     await runner.setup()
     try:
@@ -107,7 +103,7 @@ async def _start_site(app: web.Application, host: str, port: int, grace: float) 
     return runner
 
 
-async def _after(event: asyncio.Event, watcher: ListWatcher) -> None:
+async def after(event: asyncio.Event, watcher: ListWatcher) -> None:
     await event.wait()
     await watcher.run()
 
@@ -127,7 +123,7 @@ def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics
                      on_restored=on_restored)
 
 
-def _audit_writer(stack: contextlib.AsyncExitStack, target: str | None) -> AuditWriter:
+def audit_writer(stack: contextlib.AsyncExitStack, target: str | None) -> AuditWriter:
     if target is None:
         return log_writer
     try:
@@ -138,16 +134,16 @@ def _audit_writer(stack: contextlib.AsyncExitStack, target: str | None) -> Audit
     return writer
 
 
-class Agent:
-    """One node agent. ``run()`` returns when stopped by SIGTERM/SIGINT or a failed root task."""
+class RootTasks:
+    """What a podiam process's life is made of: signals that only set the stop flag, root
+    tasks whose unexpected end stops the process (exit 1), and their staged stop.
+    Subclasses start their parts in ``_run``."""
 
-    def __init__(self, settings: AgentSettings, metrics: Metrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics or Metrics()
+    def __init__(self, task_stop_timeout: float) -> None:
+        self._task_stop_timeout = task_stop_timeout
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._guard: asyncio.Task[None] | None = None
         self._failure: str | None = None
 
     async def run(self) -> None:
@@ -165,17 +161,66 @@ class Agent:
             raise PodiamError(f"stopped because {self._failure}")
 
     async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._root_task_done)
+        self._tasks.append(task)
+        return task
+
+    def _root_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            error = task.exception()
+            self._failure = f"root task {task.get_name()} ended: {error!r}"
+            log.error("root task ended unexpectedly; stopping the agent", task=task.get_name(),
+                      error=repr(error) if error else None)
+        self._stop.set()
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the root tasks and wait for them; name any that will not stop."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._task_stop_timeout)
+            for task in pending:
+                log.error("root task did not stop", task=task.get_name())
+
+class Agent(RootTasks):
+    """One node agent. ``run()`` returns when stopped by SIGTERM/SIGINT or a failed root task."""
+
+    def __init__(self, settings: AgentSettings, metrics: Metrics | None = None) -> None:
+        super().__init__(settings.task_stop_timeout)
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._guard: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
         s = self.settings
         rule = DnatRule.from_settings(s.node, s.imds.app_port) if s.node.iptables else None
         async with contextlib.AsyncExitStack() as stack:
             upstream = await stack.enter_async_context(
                 NodeMetadataClient(s.imds.metadata_addr, s.imds.upstream_timeout)
             )
-            region, base_arn = await _resolve_node_facts(s, upstream)
+            if s.remote is not None:
+                await self._run_split(stack, s.remote, upstream, rule)
+                return
+            # Imported here: split mode's agent never loads the Kubernetes client or botocore.
+            from podiam.kube.connection import make_client  # noqa: PLC0415
+            from podiam.kube.events import EventRecorder  # noqa: PLC0415
+            from podiam.kube.namespace_index import NamespaceIndex  # noqa: PLC0415
+            from podiam.policy import RolePolicy  # noqa: PLC0415
+            from podiam.prefetch import PrefetchWhenIndexed  # noqa: PLC0415
+            from podiam.sts.assumer import StsAssumer  # noqa: PLC0415
+            from podiam.sts.cache import CredentialCache  # noqa: PLC0415
+
+            region, base_arn = await resolve_node_facts(s.sts.region, s.roles.base_role_arn,
+                                                        s.roles.auto_discover_base_arn, upstream)
             policy = RolePolicy.from_settings(s.roles, base_arn, s.restrictions)
             assumer = await stack.enter_async_context(StsAssumer(region, s.sts, self.metrics))
             cache = await stack.enter_async_context(CredentialCache(assumer, s.sts, self.metrics))
-            issuance = IssuanceLog(s.kube.node_name, _audit_writer(stack, s.log.audit_log))
+            issuance = IssuanceLog(s.kube.node_name, audit_writer(stack, s.log.audit_log))
             client = make_client(s.kube)
             stack.push_async_callback(client.close)
             events: EventSink = NoEvents()
@@ -209,30 +254,77 @@ class Agent:
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                             limiter=limiter, events=events,
                             host_identity=host_identity)
-            stop_imds = await _start_metadata_server(stack, deps, s.imds)
             debug = (lambda: debug_pods(index, cache)) if s.metrics.debug else None
-            ops_site = await _start_site(make_ops_app(self.metrics, ready.reason, debug), s.metrics.bind_address,
-                                         s.metrics.port, 1.0)
-            stack.push_async_callback(ops_site.cleanup)
-            if rule is not None:
-                added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout)
-                log.info("iptables rule " + ("installed" if added else "already present"),
-                         interface=rule.interface, destination=rule.destination)
-            if guard is not None:
-                self._guard = self._spawn("iptables-guard", guard.run())
-            self._started.set()
-            log.info("agent started", node=s.kube.node_name, app_port=s.imds.app_port,
-                     metrics_port=s.metrics.port, region=region, sts_endpoint=assumer.endpoint_url,
-                     base_role_arn=base_arn, default_role=policy.default_role_arn)
-            try:
-                await self._stop.wait()
-                log.info("stopping")
-            finally:
-                await self._shutdown(stop_imds, rule)
+            await self._serve(stack, deps, rule, guard, ready, debug=debug, node=s.kube.node_name, region=region,
+                              sts_endpoint=assumer.endpoint_url, base_role_arn=base_arn,
+                              default_role=policy.default_role_arn)
+
+    async def _serve(self, stack: contextlib.AsyncExitStack, deps: ImdsDeps, rule: DnatRule | None,
+                     guard: RuleGuard | None, ready: Readiness, *,
+                     debug: Callable[[], list[dict[str, Any]]] | None = None, **facts: Any) -> None:
+        """Both modes' last steps: the endpoints, then the rule and its guard; serve until stopped."""
+        s = self.settings
+        stop_imds = await _start_metadata_server(stack, deps, s.imds)
+        ops_site = await start_site(make_ops_app(self.metrics, ready.reason, debug), s.metrics.bind_address,
+                                    s.metrics.port, 1.0)
+        stack.push_async_callback(ops_site.cleanup)
+        if rule is not None:
+            added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout)
+            log.info("iptables rule " + ("installed" if added else "already present"),
+                     interface=rule.interface, destination=rule.destination)
+        if guard is not None:
+            self._guard = self._spawn("iptables-guard", guard.run())
+        self._started.set()
+        log.info("agent started", app_port=s.imds.app_port, metrics_port=s.metrics.port, **facts)
+        try:
+            await self._stop.wait()
+            log.info("stopping")
+        finally:
+            await self._shutdown(stop_imds, rule)
+
+    async def _run_split(self, stack: contextlib.AsyncExitStack, remote: RemoteSettings,
+                         upstream: NodeMetadataClient, rule: DnatRule | None) -> None:
+        """Split mode: the same endpoint, rule and probes, fed by a podiam server's stream."""
+        from podiam.remote.client import ServerStream, StreamSettings  # noqa: PLC0415
+        from podiam.remote.mirror import Mirror  # noqa: PLC0415
+        from podiam.remote.tls import TlsFiles  # noqa: PLC0415
+
+        s = self.settings
+        host_ips = [s.node.host_ip] if s.node.host_ip else []
+        issuance = IssuanceLog(s.kube.node_name, audit_writer(stack, s.log.audit_log))
+
+        def pod_index(decide: Callable[[PodInfo], Identity]) -> PodIndex:
+            index = PodIndex(decide, host_ips=host_ips)
+            index.subscribe(_ForgetWhenGone(issuance))
+            return index
+
+        mirror = Mirror(pod_index, s.kube.node_name, credentials_wait=s.sts.request_wait,
+                        expiry_margin=s.sts.expiry_margin)
+        stream = ServerStream(mirror, TlsFiles(remote.cert, remote.key, remote.ca),
+                              StreamSettings(remote.addresses, server_name=remote.server_name), self.metrics)
+        stack.push_async_callback(self._stop_tasks)
+        self._spawn("server-stream", stream.run())
+        try:
+            async with asyncio.timeout(remote.first_snapshot_wait):
+                await mirror.synced.wait()
+        except TimeoutError:
+            log.warning("no podiam server answered yet; serving from an empty mirror", servers=remote.addresses)
+        guard = _rule_guard(rule, s, self.metrics, None)
+        ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
+                          index_synced=mirror.synced.is_set,
+                          rule_missing=(lambda: guard.missing) if guard else (lambda: None))
+        deps = ImdsDeps(pods=mirror, credentials=mirror, tokens=TokenIssuer(max_remembered=s.imds.tokens_remembered),
+                        issuance=issuance, metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
+                        limiter=RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked),
+                        host_identity=mirror.host_identity)
+        await self._serve(stack, deps, rule, guard, ready, node=s.kube.node_name, servers=remote.addresses)
 
     def _start_watches(self, client: KubeClient, index: PodIndex,
                        namespaces: NamespaceIndex | None) -> list[ListWatcher]:
         """Spawn the watch root tasks; the watchers, for readiness."""
+        from podiam.kube.namespace_index import namespace_watcher  # noqa: PLC0415
+        from podiam.kube.pod_watcher import pod_watcher  # noqa: PLC0415
+
         kube = self.settings.kube
         pods = pod_watcher(client, index, kube, self.metrics)
         if namespaces is None:
@@ -242,29 +334,15 @@ class Agent:
         names = namespace_watcher(client, namespaces, kube, self.metrics)
         self._spawn("namespace-watcher", names.run())
         # Pods are decided once their namespaces are known, not refused meanwhile.
-        self._spawn("pod-watcher", _after(namespaces.synced, pods))
+        self._spawn("pod-watcher", after(namespaces.synced, pods))
         return [names, pods]
-
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._root_task_done)
-        self._tasks.append(task)
-        return task
-
-    def _root_task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled():
-            error = task.exception()
-            self._failure = f"root task {task.get_name()} ended: {error!r}"
-            log.error("root task ended unexpectedly; stopping the agent", task=task.get_name(),
-                      error=repr(error) if error else None)
-        self._stop.set()
 
     async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None) -> None:
         self._stop.set()
         await stop_imds()  # stop accepting; in-flight requests finish within the grace
         if self._guard is not None:  # stopped first: it would put back the rule removed below
             self._guard.cancel()
-            await asyncio.wait([self._guard], timeout=self.settings.task_stop_timeout)
+            await asyncio.wait([self._guard], timeout=self._task_stop_timeout)
         if rule is not None:
             try:
                 removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout)
@@ -274,12 +352,16 @@ class Agent:
         await self._stop_tasks()
         log.info("stopped")
 
-    async def _stop_tasks(self) -> None:
-        """Cancel the root tasks and wait for them; name any that will not stop."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.task_stop_timeout)
-            for task in pending:
-                log.error("root task did not stop", task=task.get_name())
+
+class _ForgetWhenGone:
+    """Split mode's pod index listener: the issuance log forgets pods that go (agent mode's
+    PrefetchWhenIndexed does it there, with the prefetching this agent leaves to the server)."""
+
+    def __init__(self, issuance: IssuanceLog) -> None:
+        self._issuance = issuance
+
+    def pod_active(self, entry: PodEntry) -> None:
+        pass
+
+    def pod_gone(self, entry: PodEntry) -> None:
+        self._issuance.forget(entry.pod)

@@ -170,6 +170,11 @@ class StsSettings:
     at once (kubelet's default limit is 110 pods); botocore's default pool of 10 would queue
     those calls behind each other, eating their deadlines."""
 
+    fetchers: int | None = None
+    """STS calls in flight at once, prefetches, refreshes and requests together; None: no bound
+    but the connection pool's. Split mode's server (--fetchers, 8 as kiam) bounds them, as it
+    prefetches every pod of the cluster at its start."""
+
     region: str | None = None
     """Region for STS; None: AWS_REGION / AWS_DEFAULT_REGION, else the node's IMDS placement."""
 
@@ -353,6 +358,57 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class RemoteSettings:
+    """Split mode's agent: where its podiam servers are and how it proves itself to them."""
+
+    addresses: tuple[str, ...]
+    """gRPC targets, tried in turn: ``host:port`` or ``dns:///name:port`` (--server-address)."""
+    cert: str
+    """PEM client certificate (clientAuth usage) of this agent."""
+    key: str
+    """PEM private key of ``cert``."""
+    ca: str
+    """PEM CA bundle that signs the servers' certificates."""
+    server_name: str | None = None
+    """The name the server's certificate must carry; None: each address's host."""
+    first_snapshot_wait: float = 10.0
+    """Seconds start-up waits for the first snapshot before it serves anyway (from an empty
+    mirror, refusing unknown pods with 503 until a server answers): the snapshot says what
+    the node's own network gets (the server's --host-network-role)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`podiam server`: the policy, STS and Kubernetes settings of the agent, and the service."""
+
+    kube: KubeSettings
+    cert: str
+    """PEM certificate of the server (serverAuth usage, with the names agents dial)."""
+    key: str
+    """PEM private key of ``cert``."""
+    ca: str
+    """PEM CA bundle that signs the agents' certificates; reloaded when it changes."""
+    bind: str = "0.0.0.0:9610"
+    """host:port of the gRPC service."""
+    roles: RoleSettings = field(default_factory=RoleSettings)
+    restrictions: RestrictionSettings = field(default_factory=RestrictionSettings)
+    sts: StsSettings = field(default_factory=lambda: StsSettings(fetchers=8))
+    events: EventSettings = field(default_factory=EventSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings(port=9620))
+    metadata_addr: str = "169.254.169.254"
+    """The IMDS of the server's own node: region and --auto-discover-base-arn only."""
+    pod_events: bool = True
+    """Record Warning events on pods that are refused (the agents cannot)."""
+    change_log: int = 2000
+    """Changes kept per node for reconnecting agents; older than that, an agent gets a snapshot."""
+    send_queue: int = 2000
+    """Changes queued for one agent; past it they are dropped for a fresh snapshot."""
+    task_stop_timeout: float = 5.0
+    """Seconds a cancelled root task gets at shutdown before it is named as stuck."""
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     kube: KubeSettings
     roles: RoleSettings = field(default_factory=RoleSettings)
@@ -363,6 +419,8 @@ class AgentSettings:
     events: EventSettings = field(default_factory=EventSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    remote: RemoteSettings | None = None
+    """Split mode (--server-address): pods, decisions and credentials come from podiam servers."""
     task_stop_timeout: float = 5.0
     """Seconds a cancelled root task (a watcher, the rule guard) gets to finish at shutdown
     before it is logged by name as stuck; a stuck task must not hold the node's pods' rule."""

@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from podiam.cli import agent_settings, main, parse_duration
+from podiam.errors import ConfigError
+from podiam.remote.client import host_of, parse_addresses
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -90,3 +92,41 @@ def test_the_iptables_check_interval_reaches_the_node_settings(
         params = command.make_context("agent", ["--node", "n1", *args]).params
     assert agent_settings(params, {}).node.iptables_check_interval == seconds
     assert "PODIAM_IPTABLES_CHECK_INTERVAL" in run("agent", "--help")[1]
+
+
+SPLIT = ("agent", "--node", "n1", "--server-address", "podiam:9610", "--cert", "a.crt", "--key", "a.key",
+         "--ca", "ca.crt")
+
+
+@pytest.mark.parametrize(("args", "env", "named"), [
+    (["--base-role-arn", "arn:aws:iam::123456789012:role/"], {}, "--base-role-arn"),
+    (["--default-role", "r"], {}, "--default-role"),
+    (["--namespace-restrictions"], {}, "--namespace-restrictions"),
+    (["--host-network-role", "r"], {}, "--host-network-role"),
+    (["--session-duration", "2h"], {}, "--session-duration"),
+    (["--no-pod-events"], {}, "--no-pod-events"),
+    ([], {"PODIAM_IAM_ROLE_KEY": "x"}, "--iam-role-key"),  # from the environment too
+])
+def test_a_split_mode_agent_refuses_the_servers_flags(args: list[str], env: dict[str, str], named: str) -> None:
+    code, out = run(*SPLIT, *args, env=env)
+    assert code == 2
+    assert named in out and "podiam server" in out
+
+
+def test_a_split_mode_agent_needs_its_certificate() -> None:
+    code, out = run("agent", "--node", "n1", "--server-address", "podiam:9610")
+    assert code == 2
+    assert "--cert, --key, --ca" in out
+
+
+def test_server_addresses_are_lists_or_dns_names() -> None:
+    assert parse_addresses("a:1, dns:///podiam.ns:9610") == ("a:1", "dns:///podiam.ns:9610")
+    assert host_of("dns:///podiam.ns:9610") == "podiam.ns"
+    with pytest.raises(ConfigError):
+        parse_addresses("no-port")
+
+
+def test_the_server_needs_its_certificates() -> None:
+    code, out = run("server")
+    assert code == 2
+    assert "--cert" in out

@@ -9,16 +9,23 @@ import pytest
 
 from podiam import errors
 from podiam.credentials import Credentials, Identity
-from podiam.decision import REFUSALS, Refusal, caller, decide, refusal
+from podiam.decision import REFUSALS, Refusal, caller, decide, error_for, refusal
 from podiam.errors import (
+    CredentialsError,
     HostNetworkCaller,
+    IdentityError,
+    InvalidRoleError,
     NamespaceNotKnown,
+    NoRoleError,
+    NoServerReachable,
     PodAmbiguous,
     PodiamError,
     PodNotFound,
     RateLimited,
     RequestRefused,
     RoleForbidden,
+    StsCallFailed,
+    StsUnavailable,
 )
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
 from podiam.imds.rate_limit import RateLimiter
@@ -51,6 +58,7 @@ DOCUMENTED = {
     "InvalidToken": (401, "invalid_token", None),
     "PathNotAllowed": (404, "not_allowed", None),
     "PodNotFound": (404, "pod_not_found", None),
+    "NoServerReachable": (503, "server_unreachable", None),
     "NoRoleError": (404, "no_role", None),
     "PodAmbiguous": (409, "ambiguous_ip", None),
     "InvalidRoleError": (403, "invalid_role", "IAMRoleInvalid"),
@@ -183,3 +191,20 @@ def test_the_endpoint_answers_each_entry_as_decide_does(name: str, annotations: 
     else:
         assert name == "served"
         assert (reply.status, reply.body) == (200, CREDS.imds_json)
+
+
+@pytest.mark.parametrize("error", [
+    NoRoleError("pod a/b has no role"), InvalidRoleError("bad"), RoleForbidden("no"), NamespaceNotKnown("later"),
+    PodAmbiguous("two"), PodNotFound("none"), HostNetworkCaller("node"), IdentityError("other"),
+    StsCallFailed("denied", code="AccessDenied"), StsUnavailable("down"), CredentialsError("odd"),
+    NoServerReachable("no server"),
+])
+def test_a_refusal_sent_as_reason_and_message_is_answered_as_the_original(error: PodiamError) -> None:
+    # Split mode: the server sends (reason, message); the agent must answer byte for byte the same.
+    sent = refusal(error)
+    again = refusal(error_for(sent.reason, sent.message))
+    assert (again.status, again.reason, again.message) == (sent.status, sent.reason, sent.message)
+
+
+def test_an_unknown_reason_is_an_internal_error() -> None:
+    assert refusal(error_for("from-a-newer-server", "what")).status == 500

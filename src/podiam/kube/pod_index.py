@@ -100,6 +100,11 @@ class PodIndex:
         for entry in [e for e in self._by_uid.values() if e.pod.namespace == namespace]:
             self.upsert(entry.pod, decide_again=True)
 
+    @property
+    def host_network_ips(self) -> frozenset[str]:
+        """The IPs of this node's hostNetwork pods (the node's own addresses besides --host-ip)."""
+        return frozenset(self._host_network.values())
+
     def is_host_ip(self, ip: str) -> bool:
         """Whether ``ip`` is the node's own: configured, loopback, or a hostNetwork pod's IP."""
         # Pod traffic arrives through DNAT with the pod's address; loopback is only ever the node.

@@ -1,10 +1,12 @@
 """
-The pod index's feed: this node's pods (spec.nodeName field selector) from a ListWatcher.
+The pod index's feed: this node's pods (spec.nodeName field selector) from a ListWatcher;
+for split mode's server, every pod of the cluster into its ClusterIndex.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import lightkube
 from lightkube.resources.core_v1 import Pod
@@ -35,10 +37,22 @@ def pod_info(pod: Pod) -> PodInfo:
     )
 
 
+class PodTarget(Protocol):
+    """A PodIndex (one node's pods) or a ClusterIndex (every node's)."""
+
+    def __len__(self) -> int: ...
+
+    def replace(self, pods: Iterable[PodInfo]) -> None: ...
+
+    def upsert(self, pod: PodInfo) -> None: ...
+
+    def delete(self, pod: PodInfo) -> None: ...
+
+
 class PodSink:
     """Turns Pod objects into PodInfo for the index, and keeps the pod metrics current."""
 
-    def __init__(self, index: PodIndex, metrics: Metrics) -> None:
+    def __init__(self, index: PodTarget, metrics: Metrics) -> None:
         self._index, self._metrics = index, metrics
 
     def replace(self, objects: list[Any]) -> None:
@@ -60,3 +74,9 @@ def pod_watcher(
     """The watcher of the pods bound to ``settings.node_name``."""
     return ListWatcher(client, Pod, PodSink(index, metrics), settings, metrics,
                        fields={"spec.nodeName": settings.node_name}, what=f"pods on {settings.node_name}")
+
+
+def cluster_pod_watcher(client: lightkube.AsyncClient, index: PodTarget, settings: KubeSettings,
+                        metrics: Metrics) -> ListWatcher:
+    """The watcher of every pod of the cluster (split mode's server)."""
+    return ListWatcher(client, Pod, PodSink(index, metrics), settings, metrics, what="pods of every node")

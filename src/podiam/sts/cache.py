@@ -167,6 +167,9 @@ class CredentialCache:
         self._margin = dt.timedelta(seconds=settings.expiry_margin)
         self._error_ttl = dt.timedelta(seconds=settings.error_ttl)
         self._entries: dict[Identity, _Entry] = {}
+        self._listeners: list[Callable[[Identity, Credentials | CredentialsError], None]] = []
+        # --fetchers: STS calls in flight at once; None leaves them to the client's pool.
+        self._fetchers = asyncio.Semaphore(settings.fetchers) if settings.fetchers else None
         self._tasks: set[asyncio.Task[Credentials | CredentialsError]] = set()
         self._open = False
         self._closed = False
@@ -297,6 +300,11 @@ class CredentialCache:
         entry = self._entries[identity] = _Entry(identity)
         self._start_fetch(entry)
 
+    def subscribe(self, on_outcome: Callable[[Identity, Credentials | CredentialsError], None]) -> None:
+        """``on_outcome(identity, credentials or error)`` after every STS call of an identity
+        still cached (split mode's server streams them to the agents)."""
+        self._listeners.append(on_outcome)
+
     def discard(self, identity: Identity) -> None:
         """Forget ``identity`` (its pod is gone): credentials, error, call and timer."""
         entry = self._entries.pop(identity, None)
@@ -349,7 +357,11 @@ class CredentialCache:
         role = identity.role_arn
         outcome: Credentials | CredentialsError
         try:
-            outcome = await self._assumer.assume(identity)
+            if self._fetchers is None:
+                outcome = await self._assumer.assume(identity)
+            else:
+                async with self._fetchers:
+                    outcome = await self._assumer.assume(identity)
         except CredentialsError as e:
             outcome = e
         except Exception as e:
@@ -382,6 +394,8 @@ class CredentialCache:
                         retry_in=round(delay, 1))
         if self._open and self._entries.get(identity) is entry:
             self._schedule(entry, next_at)
+            for listener in self._listeners:
+                listener(identity, outcome)
         return outcome
 
     def _schedule(self, entry: _Entry, at: dt.datetime) -> None:

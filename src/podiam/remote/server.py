@@ -1,0 +1,124 @@
+"""
+Split mode's gRPC service: WatchNode streams one node's feed (remote/feed.py) to its agent.
+
+mTLS only (remote/tls.py), keepalive pings both ways, and a maximum connection age so that
+agents reconnect now and then (resuming where they were) and spread over the replicas a DNS
+name resolves to, as kiam's servers did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import grpc
+import structlog
+from prometheus_client import Counter, Gauge
+
+from podiam.errors import ConfigError
+from podiam.observability.metrics import Metrics
+from podiam.remote import podiam_pb2 as pb
+from podiam.remote import podiam_pb2_grpc as pb_grpc
+from podiam.remote.feed import ClusterFeed
+from podiam.remote.tls import TlsFiles, is_client_certificate, server_credentials
+
+log = structlog.stdlib.get_logger(__name__)
+
+
+def ms(seconds: float) -> int:
+    """gRPC's options are milliseconds."""
+    return int(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    bind: str = "0.0.0.0:9610"
+    """host:port of the gRPC service."""
+    keepalive_time: float = 10.0
+    """Seconds between keepalive pings on an idle connection (kiam's 10 s)."""
+    keepalive_timeout: float = 2.0
+    """Seconds a ping may go unanswered before the connection is presumed dead."""
+    max_connection_age: float = 900.0
+    """Seconds after which a connection is closed (gracefully), so agents re-resolve and spread."""
+    max_connection_age_grace: float = 10.0
+    """Seconds a closing connection's stream gets before it is cut."""
+    shutdown_grace: float = 2.0
+    """Seconds streams get at shutdown."""
+
+
+class ServerMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.streams = Gauge("podiam_server_streams", "Agents streaming now.", registry=metrics.registry)
+        self.snapshots = Counter("podiam_server_snapshots_total", "Snapshots sent to agents.",
+                                 registry=metrics.registry)
+        self.changes = Counter("podiam_server_changes_sent_total", "Changes sent to agents.",
+                               registry=metrics.registry)
+        self.refused = Counter("podiam_server_streams_refused_total",
+                               "Streams refused after the handshake, by reason.", ["reason"],
+                               registry=metrics.registry)
+
+
+class PodiamService(pb_grpc.PodiamServicer):
+    def __init__(self, feed: ClusterFeed, metrics: ServerMetrics) -> None:
+        self._feed, self._metrics = feed, metrics
+
+    async def WatchNode(  # the RPC's name in podiam.proto
+        self, request: pb.WatchNodeRequest, context: grpc.aio.ServicerContext[pb.WatchNodeRequest, pb.NodeUpdate],
+    ) -> AsyncIterator[pb.NodeUpdate]:
+        peer_certs = list(context.auth_context().get("x509_pem_cert", []))
+        if not peer_certs or not is_client_certificate(peer_certs[0]):
+            self._metrics.refused.labels("not_client_certificate").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the certificate has no clientAuth extended key usage")
+        if not request.node:
+            self._metrics.refused.labels("no_node").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "WatchNode needs the node's name")
+        resume = request.resume if request.HasField("resume") and request.resume.epoch else None
+        sub = self._feed.subscribe(request.node, resume)
+        peer = context.peer()  # read now: the context must not be touched once the call has ended
+        log.info("agent connected", node=request.node, peer=peer, resumed=not sub.resync)
+        self._metrics.streams.inc()
+        try:
+            async for update in sub.updates():
+                if update.HasField("snapshot"):
+                    self._metrics.snapshots.inc()
+                else:
+                    self._metrics.changes.inc()
+                yield update
+        finally:
+            self._metrics.streams.dec()
+            self._feed.unsubscribe(request.node, sub)
+            log.info("agent disconnected", node=request.node, peer=peer)
+
+
+class GrpcServer:
+    """``async with GrpcServer(feed, files, settings, metrics) as server:`` serves until exit."""
+
+    def __init__(self, feed: ClusterFeed, files: TlsFiles, settings: ServiceSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._server = grpc.aio.server(options=[
+            ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.keepalive_time / 2)),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.max_connection_age_ms", ms(settings.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace)),
+        ])
+        pb_grpc.add_PodiamServicer_to_server(PodiamService(feed, ServerMetrics(metrics)), self._server)
+        self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
+        if not self._port:
+            raise ConfigError(f"--bind: cannot listen on {settings.bind}")
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def __aenter__(self) -> Self:
+        await self._server.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._server.stop(self._settings.shutdown_grace)

@@ -1,0 +1,93 @@
+"""
+Mutual TLS for split mode, from PEM files (cert-manager's layout works as is).
+
+The server requires a client certificate signed by its CA (--ca), and reloads the three
+files when any of them changes: gRPC asks for the configuration at each new handshake, so
+a CA rollover or a renewed certificate applies to new connections without a restart. The
+agent reads its files at each connection attempt, with the same effect. Besides the
+handshake's checks, the server accepts a client certificate only with the clientAuth
+extended key usage: a server certificate stolen from a replica is not an agent's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from podiam.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: str
+    """PEM certificate chain of this side."""
+    key: str
+    """PEM private key of ``cert``."""
+    ca: str
+    """PEM CA bundle that signs the other side's certificates."""
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(cert, key, ca); ConfigError naming the file that cannot be read."""
+        contents = []
+        for flag, path in (("--cert", self.cert), ("--key", self.key), ("--ca", self.ca)):
+            try:
+                with open(path, "rb") as f:
+                    contents.append(f.read())
+            except OSError as e:
+                raise ConfigError(f"{flag}: cannot read {path}: {e.strerror or e}") from e
+        return contents[0], contents[1], contents[2]
+
+    def stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """What changes when a file is replaced (mtime, size, inode), cheap enough per handshake."""
+        stamps = []
+        for path in (self.cert, self.key, self.ca):
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamps.append((0, 0, 0))
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Client certificates required and checked against the CA; the files reloaded on change."""
+    cert, key, ca = files.read()
+    seen = [files.stamp()]
+
+    def config(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        stamp = files.stamp()
+        if stamp == seen[0]:
+            return None  # unchanged: gRPC keeps the current configuration
+        try:
+            new = files.read()
+        except ConfigError:
+            return None  # mid-replacement (a file missing for a moment): keep the current one
+        seen[0] = stamp
+        return config(*new)
+
+    # gRPC's fetcher may answer None (keep the current configuration); the stubs say otherwise.
+    return grpc.dynamic_ssl_server_credentials(config(cert, key, ca), fetch,  # type: ignore[arg-type]
+                                               require_client_authentication=True)
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """The agent's side: its client certificate, and the CA the server's must be signed by."""
+    cert, key, ca = files.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def is_client_certificate(pem: bytes) -> bool:
+    """Whether the certificate carries the clientAuth extended key usage."""
+    try:
+        usage = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage.value
