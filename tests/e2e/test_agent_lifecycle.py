@@ -16,6 +16,7 @@ import pytest
 from podiam.node.iptables import DnatRule, remove_rule, rule_count
 from podiam_sandbox.netns import PodHttpError
 from podiam_sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
+from sdk_probes import PROBES, probe_caller_arn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -53,7 +54,12 @@ async def test_required_imdsv2_refuses_tokenless_requests_and_serves_sdks(world:
         assert (await pod.http("GET", CREDS)).status == 401
         token = (await pod.http("PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})).body
         assert (await pod.http("GET", CREDS, {"X-aws-ec2-metadata-token": token.decode()})).status == 200
-        assert await pod.boto3_caller_arn() == f"arn:aws:sts::{ACCOUNT}:assumed-role/role-v2/team-c.v2-only"
+        arn = f"arn:aws:sts::{ACCOUNT}:assumed-role/role-v2/team-c.v2-only"
+        assert await pod.boto3_caller_arn() == arn
+        assert await pod.cli_caller_arn() == arn
+        # Every SDK's default chain sends the token on its GETs, not just asks for one.
+        for sdk in PROBES:
+            assert await probe_caller_arn(pod, sdk) == arn, sdk
     finally:
         assert await agent.stop() == 0
 

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from podiam_sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_INSTANCE_PROFILE_ID, NODE_ROLE_NAME, NODE_USER_DATA
 from podiam_sandbox.world import ACCOUNT, BASE_ARN, AgentProcess, World, WorldPod, wait_until
+from sdk_probes import PROBES, probe_caller_arn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 CREDS = "/latest/meta-data/iam/security-credentials/"
-JS_PROBE = Path(__file__).parents[1] / "sdk-js" / "whoami.mjs"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -45,10 +43,11 @@ def assumed(role: str, pod: WorldPod) -> str:
     return f"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{pod.namespace}.{pod.name}"
 
 
-async def js_caller_arn(pod: WorldPod) -> str:
-    result = await pod.run(["node", str(JS_PROBE)])
-    assert result.returncode == 0, result.stderr
-    return str(json.loads(result.stdout)["Arn"])
+async def request_counts(agent: AgentProcess) -> dict[str, float]:
+    """Metadata requests answered so far, by route and status (the agent's own histogram)."""
+    prefix = "podiam_imds_request_duration_seconds_count{"
+    return {line[len(prefix):].rsplit("} ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in (await agent.metrics()).splitlines() if line.startswith(prefix)}
 
 
 async def test_boto3_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) -> None:
@@ -62,9 +61,20 @@ async def test_aws_cli_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) ->
     assert await pods["b"].cli_caller_arn() == assumed("role-b", pods["b"])
 
 
-async def test_js_sdk_v3_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) -> None:
-    assert await js_caller_arn(pods["a"]) == assumed("role-a", pods["a"])
-    assert await js_caller_arn(pods["b"]) == assumed("role-b", pods["b"])
+@pytest.mark.parametrize("sdk", PROBES)
+async def test_sdk_program_in_each_pod_is_its_own_role(
+    pods: dict[str, WorldPod], agent: AgentProcess, sdk: str
+) -> None:
+    for pod, role in ((pods["a"], "role-a"), (pods["b"], "role-b")):
+        before = await request_counts(agent)
+        assert await probe_caller_arn(pod, sdk) == assumed(role, pod)
+        after = await request_counts(agent)
+        # As from real IMDS: one IMDSv2 token, the role list, the document; no retry, no
+        # fallback to IMDSv1, nothing refused.
+        assert {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)} == {
+            'route="token",status="200"': 1, 'route="role_list",status="200"': 1,
+            'route="credentials",status="200"': 1,
+        }
 
 
 async def test_the_credentials_document_has_imds_format_and_long_validity(pods: dict[str, WorldPod]) -> None:

@@ -286,6 +286,9 @@ class World:
             "AWS_REGION": "us-east-1",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL_STS": self.sts.endpoint_url,
+            # For the SDKs that do not read AWS_ENDPOINT_URL_STS (Debian's Go v1 and v2, Ruby):
+            # their test programs set it on the STS client.
+            "PODIAM_TEST_STS_ENDPOINT": self.sts.endpoint_url,
             "AWS_CONFIG_FILE": str(home / "no-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-credentials"),
         }
