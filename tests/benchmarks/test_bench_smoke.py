@@ -18,7 +18,7 @@ import pytest
 pytestmark = [pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = {"hot_path", "sts_economy", "startup_burst", "app_impact", "memory", "churn"}
+SCENARIOS = {"hot_path", "sts_economy", "startup_burst", "app_impact", "memory", "churn", "split_mode"}
 
 
 def test_smoke_mode_reports_every_scenario_with_median_min_max(tmp_path: Path) -> None:
