@@ -1,7 +1,8 @@
 """
 `podiam server`'s life (split mode): watch every pod and namespace, decide each pod with the
 agent's policy code, prefetch and refresh through the agent's credential cache, write the
-pods' Warning events, and stream each connected agent its node (remote/).
+pods' Warning events (its own refusals, and those the agents report), and stream each
+connected agent its node (remote/).
 
 Start: region and base ARN -> policy -> STS client and cache (--fetchers calls in flight)
 -> event recorder -> namespace index -> cluster index, whose listeners are the feed and the
@@ -18,6 +19,7 @@ import socket
 import structlog
 
 from podiam.credentials import Identity
+from podiam.decision import EVENT_REASONS
 from podiam.imds.core import NoEvents
 from podiam.imds.ops_app import make_ops_app
 from podiam.imds.upstream import NodeMetadataClient
@@ -34,6 +36,7 @@ from podiam.policy import RolePolicy
 from podiam.prefetch import PrefetchWhenIndexed
 from podiam.readiness import Readiness
 from podiam.remote.feed import ClusterFeed, FeedLimits
+from podiam.remote.reports import ReportedRefusal
 from podiam.remote.server import GrpcServer, ServiceSettings
 from podiam.remote.tls import TlsFiles
 from podiam.runner import RootTasks, after, resolve_node_facts, start_site
@@ -92,6 +95,25 @@ class _Listeners:
         self._feed.host_addresses(node, ips)
 
 
+class AgentRefusals:
+    """The agents' reported refusals, written as Warning events on their pods: only for a pod
+    on the reporting agent's node as this server's watch knows it (same uid, namespace and
+    name), and only with a reason podiam writes; anything else is ignored (and counted by the
+    service), so an agent's certificate cannot put events on another node's pods."""
+
+    def __init__(self, pods: ClusterIndex, events: EventRecorder) -> None:
+        self._pods, self._events = pods, events
+
+    def record(self, node: str, refusal: ReportedRefusal) -> bool:
+        index = self._pods.node(node)
+        entry = index.by_uid(refusal.pod_uid) if index is not None else None
+        if (entry is None or refusal.reason not in EVENT_REASONS
+                or (entry.pod.namespace, entry.pod.name) != (refusal.namespace, refusal.name)):
+            return False
+        self._events.warn(entry.pod, refusal.reason, refusal.message, refusal.count)
+        return True
+
+
 class Server(RootTasks):
     """One `podiam server` replica."""
 
@@ -135,7 +157,8 @@ class Server(RootTasks):
                               unready_after=s.kube.watch_unready_after)
             service = ServiceSettings(bind=s.bind)
             grpc_server = await stack.enter_async_context(
-                GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics))
+                GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics,
+                           AgentRefusals(pods, events) if events is not None else None))
             ops = await start_site(make_ops_app(self.metrics, ready.reason), s.metrics.bind_address, s.metrics.port,
                                    1.0)
             stack.push_async_callback(ops.cleanup)

@@ -358,6 +358,32 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """How a split agent reports its pods' refusals to the server, which writes the Warning
+    events (remote/reports.py)."""
+
+    max_pending: int = 1000
+    """(pod, reason) pairs held while they wait to be sent; a new pair beyond it is dropped
+    (and counted), so an unreachable server costs bounded memory."""
+
+    batch: int = 200
+    """Pairs sent in one ReportRefusals call at most."""
+
+    call_timeout: float = 2.0
+    """Seconds: deadline of one ReportRefusals call."""
+
+    retry_initial: float = 0.5
+    """Seconds before the first retry after a failed report."""
+
+    retry_max: float = 30.0
+    """Seconds: the cap of the back-off between failed reports."""
+
+    def __post_init__(self) -> None:
+        if self.max_pending < 1 or self.batch < 1 or self.call_timeout <= 0:
+            raise ConfigError("report settings need max_pending >= 1, batch >= 1 and call_timeout > 0")
+
+
+@dataclass(frozen=True)
 class RemoteSettings:
     """Split mode's agent: where its podiam servers are and how it proves itself to them."""
 
@@ -371,6 +397,8 @@ class RemoteSettings:
     """PEM CA bundle that signs the servers' certificates."""
     server_name: str | None = None
     """The name the server's certificate must carry; None: each address's host."""
+    reports: ReportSettings = field(default_factory=ReportSettings)
+    """Refusals reported to the server for its Warning events."""
     first_snapshot_wait: float = 10.0
     """Seconds start-up waits for the first snapshot before it serves anyway (from an empty
     mirror, refusing unknown pods with 503 until a server answers): the snapshot says what
