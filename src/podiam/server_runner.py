@@ -129,6 +129,10 @@ class Server(RootTasks):
             region, base_arn = await resolve_node_facts(s.sts.region, s.roles.base_role_arn,
                                                         s.roles.auto_discover_base_arn, upstream)
             policy = RolePolicy.from_settings(s.roles, base_arn, s.restrictions)
+            if s.sts.assume_role_arn is not None:
+                log.warning("pod roles are assumed with the credentials of --assume-role-arn; AWS caps such "
+                            "chained sessions at 1 hour", assume_role_arn=s.sts.assume_role_arn,
+                            session_duration=s.sts.session_duration)
             assumer = await stack.enter_async_context(StsAssumer(region, s.sts, self.metrics))
             cache = await stack.enter_async_context(CredentialCache(assumer, s.sts, self.metrics))
             client = make_client(s.kube)
@@ -165,7 +169,7 @@ class Server(RootTasks):
             self._started.set()
             log.info("server started", bind=s.bind, port=grpc_server.port, metrics_port=s.metrics.port,
                      region=region, sts_endpoint=assumer.endpoint_url, base_role_arn=base_arn,
-                     fetchers=s.sts.fetchers)
+                     fetchers=s.sts.fetchers, assume_role_arn=s.sts.assume_role_arn)
             await self._stop.wait()
             log.info("stopping")
 

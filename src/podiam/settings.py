@@ -106,6 +106,11 @@ class RestrictionSettings:
     permitted_key: str = "iam.amazonaws.com/permitted"
     """kiam's namespace annotation: a regular expression over the whole role ARN."""
 
+    strict_permitted_regexp: bool = True
+    """kiam's regexp is anchored at both ends (kiam's default); False, kiam's
+    --disable-strict-namespace-regexp: it may match anywhere in the ARN, so ``team-`` permits
+    every role whose ARN contains it. Only for namespaces migrated from kiam with that flag."""
+
     default_role_bypasses: bool = False
     """Serve the default role whatever the namespace permits (kube2iam's behaviour)."""
 
@@ -175,6 +180,11 @@ class StsSettings:
     but the connection pool's. Split mode's server (--fetchers, 8 as kiam) bounds them, as it
     prefetches every pod of the cluster at its start."""
 
+    assume_role_arn: str | None = None
+    """kiam's --assume-role-arn: pod roles are assumed with the credentials of this role (assumed
+    first with podiam's own, refreshed ahead of expiry); None: with podiam's own. AWS caps such
+    chained sessions at 1 h, so ``session_duration`` must then be at most 3600."""
+
     region: str | None = None
     """Region for STS; None: AWS_REGION / AWS_DEFAULT_REGION, else the node's IMDS placement."""
 
@@ -184,6 +194,9 @@ class StsSettings:
     def __post_init__(self) -> None:
         # The one check of this rule: the CLI and every other builder of settings (the
         # benchmarks' scaled agent, tests) get it by constructing the object.
+        if self.assume_role_arn is not None and self.session_duration > 3600:
+            raise ConfigError("--session-duration must be at most 1h with --assume-role-arn: AWS caps sessions "
+                              "assumed with another role's credentials (role chaining) at 1 hour")
         if self.session_refresh + self.expiry_margin >= self.session_duration:
             raise ConfigError(
                 f"--session-refresh must be shorter than --session-duration by more than {self.expiry_margin:g}s,"
