@@ -290,6 +290,13 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str], **server: A
     return settings
 
 
+def _assume_role_arn(flags: dict[str, Any]) -> str | None:
+    chain: str | None = flags["assume_role_arn"]
+    if chain is not None and not ROLE_ARN_RE.fullmatch(chain):
+        raise ConfigError(f"--assume-role-arn: {chain!r} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+    return chain
+
+
 SERVER_POLICY_FLAGS = (
     "kubeconfig", "base_role_arn", "auto_discover_base_arn", "default_role", "default_role_bypasses_restrictions",
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
@@ -374,10 +381,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 def server(**flags: Any) -> None:
     """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
     try:
-        chain = flags["assume_role_arn"]
-        if chain is not None and not ROLE_ARN_RE.fullmatch(chain):
-            raise ConfigError(f"--assume-role-arn: {chain!r} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
-        sts = _sts_settings(flags, os.environ, assume_role_arn=chain)
+        sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags))
         settings = ServerSettings(
             kube=KubeSettings(node_name="", kubeconfig=flags["kubeconfig"]),
             cert=flags["cert"], key=flags["key"], ca=flags["ca"], bind=flags["bind"],

@@ -177,6 +177,20 @@ class RootTasks:
                       error=repr(error) if error else None)
         self._stop.set()
 
+    def _spawn_watches(self, pods: ListWatcher, namespaces: tuple[ListWatcher, asyncio.Event] | None,
+                       ) -> list[ListWatcher]:
+        """Spawn the watch root tasks: the pod watch, after the namespace watch's first list
+        (``namespaces``: that watcher and its index's synced event) when restrictions are on, so
+        pods are decided once their namespaces are known, not refused meanwhile. The watchers,
+        for readiness."""
+        if namespaces is None:
+            self._spawn("pod-watcher", pods.run())
+            return [pods]
+        names, synced = namespaces
+        self._spawn("namespace-watcher", names.run())
+        self._spawn("pod-watcher", after(synced, pods))
+        return [names, pods]
+
     async def _stop_tasks(self) -> None:
         """Cancel the root tasks and wait for them; name any that will not stop."""
         tasks, self._tasks = self._tasks, []
@@ -333,14 +347,9 @@ class Agent(RootTasks):
         kube = self.settings.kube
         pods = pod_watcher(client, index, kube, self.metrics)
         if namespaces is None:
-            self._spawn("pod-watcher", pods.run())
-            return [pods]
+            return self._spawn_watches(pods, None)
         namespaces.subscribe(index.decide_again)
-        names = namespace_watcher(client, namespaces, kube, self.metrics)
-        self._spawn("namespace-watcher", names.run())
-        # Pods are decided once their namespaces are known, not refused meanwhile.
-        self._spawn("pod-watcher", after(namespaces.synced, pods))
-        return [names, pods]
+        return self._spawn_watches(pods, (namespace_watcher(client, namespaces, kube, self.metrics), namespaces.synced))
 
     async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None) -> None:
         self._stop.set()

@@ -39,7 +39,7 @@ from podiam.remote.feed import ClusterFeed, FeedLimits
 from podiam.remote.reports import ReportedRefusal
 from podiam.remote.server import GrpcServer, ServiceSettings
 from podiam.remote.tls import TlsFiles
-from podiam.runner import RootTasks, after, resolve_node_facts, start_site
+from podiam.runner import RootTasks, resolve_node_facts, start_site
 from podiam.settings import KubeSettings, ServerSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
@@ -177,10 +177,7 @@ class Server(RootTasks):
                        kube: KubeSettings) -> list[ListWatcher]:
         watcher = cluster_pod_watcher(client, pods, kube, self.metrics)
         if namespaces is None:
-            self._spawn("pod-watcher", watcher.run())
-            return [watcher]
+            return self._spawn_watches(watcher, None)
         namespaces.subscribe(pods.decide_again)
-        names = namespace_watcher(client, namespaces, kube, self.metrics)
-        self._spawn("namespace-watcher", names.run())
-        self._spawn("pod-watcher", after(namespaces.synced, watcher))
-        return [names, watcher]
+        return self._spawn_watches(watcher, (namespace_watcher(client, namespaces, kube, self.metrics),
+                                             namespaces.synced))
