@@ -15,7 +15,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from podiam import __version__
 from podiam.certs import DEFAULT_CA_DAYS, DEFAULT_DAYS, DEFAULT_NAMESPACE, CertSpec, create, write_tree
 from podiam.errors import ConfigError, PodiamError
 from podiam.observability import logging as podiam_logging
+from podiam.policy import ROLE_ARN_RE
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
     AgentSettings,
@@ -142,6 +143,9 @@ _POLICY_OPTIONS = [
         help="How --namespace-key entries match the role ARN: glob ('*' only) or an unanchored regexp."),
     _opt("namespace-permitted-key", type=str, default="iam.amazonaws.com/permitted",
         help="kiam's namespace annotation: a regexp over the whole role ARN."),
+    _opt("disable-strict-namespace-regexp", is_flag=True, default=False,
+        help="kiam's flag: the --namespace-permitted-key regexp may match anywhere in the role ARN, not only "
+        "the whole of it. Loosens every such namespace; for clusters migrated from kiam with this flag."),
     _opt("default-role-bypasses-restrictions", is_flag=True, default=False,
         help="Serve the default role whatever the namespace permits (kube2iam's behaviour)."),
     _opt("host-network-role", type=str, default=None,
@@ -233,14 +237,7 @@ def agent(**flags: Any) -> None:
         raise click.UsageError(str(e)) from None
     from podiam.runner import Agent  # noqa: PLC0415 - imported late: `podiam --help` stays fast
 
-    try:
-        _run(Agent(settings).run())
-    except ConfigError as e:
-        click.echo(f"podiam agent: configuration error: {e}", err=True)
-        sys.exit(2)
-    except PodiamError as e:
-        click.echo(f"podiam agent: {e}", err=True)
-        sys.exit(1)
+    _run_command("agent", Agent(settings).run())
 
 
 def _positive(flags: dict[str, Any], name: str) -> float:
@@ -273,11 +270,13 @@ def _restriction_settings(flags: dict[str, Any]) -> RestrictionSettings:
         namespace_key=flags["namespace_key"],
         format=flags["namespace_restriction_format"],
         permitted_key=flags["namespace_permitted_key"],
+        strict_permitted_regexp=not flags["disable_strict_namespace_regexp"],
         default_role_bypasses=flags["default_role_bypasses_restrictions"],
     )
 
 
-def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSettings:
+def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str], **server: Any) -> StsSettings:
+    """``server``: the server's own StsSettings fields (assume_role_arn)."""
     settings = StsSettings(
         session_duration=flags["session_duration"],
         session_refresh=flags["session_refresh"],
@@ -285,6 +284,7 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSetti
         error_ttl=flags["iam_role_error_ttl"],
         region=_region(environ),
         regional_endpoint=flags["use_regional_sts_endpoint"],
+        **server,
     )
     # Refresh against duration is StsSettings' own check, made above; STS's limits are the
     # CLI's alone, as moto (tests, the benchmarks' accelerated clock) takes shorter sessions.
@@ -293,9 +293,17 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSetti
     return settings
 
 
+def _assume_role_arn(flags: dict[str, Any]) -> str | None:
+    chain: str | None = flags["assume_role_arn"]
+    if chain is not None and not ROLE_ARN_RE.fullmatch(chain):
+        raise ConfigError(f"--assume-role-arn: {chain!r} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+    return chain
+
+
 SERVER_POLICY_FLAGS = (
     "kubeconfig", "base_role_arn", "auto_discover_base_arn", "default_role", "default_role_bypasses_restrictions",
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
+    "disable_strict_namespace_regexp",
     "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
     "sts_timeout", "iam_role_error_ttl", "use_regional_sts_endpoint", "pod_events",
 )
@@ -362,6 +370,9 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 @_opt("ca", type=click.Path(dir_okay=False), required=True, show_default=False,
       help="PEM CA bundle that signs agent certificates (client certificates are required).")
 @_opt("fetchers", type=click.IntRange(min=1), default=8, help="STS calls in flight at once (prefetch and refresh).")
+@_opt("assume-role-arn", type=str, default=None, show_default=False,
+      help="kiam's chain: first assume this role, then the pod roles with its credentials (refreshed ahead of "
+      "expiry). AWS caps such chained sessions at 1h, so --session-duration must be at most 1h.")
 @_opt("pod-events/--no-pod-events", default=True,
       help="Record Warning events on pods that are refused (needs create/patch on events).")
 @_opt("metrics-port", type=click.IntRange(1, 65535), default=9620, help="Port of /metrics, /healthz and /readyz.")
@@ -373,7 +384,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 def server(**flags: Any) -> None:
     """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
     try:
-        sts = _sts_settings(flags, os.environ)
+        sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags))
         settings = ServerSettings(
             kube=KubeSettings(node_name="", kubeconfig=flags["kubeconfig"]),
             cert=flags["cert"], key=flags["key"], ca=flags["ca"], bind=flags["bind"],
@@ -388,14 +399,7 @@ def server(**flags: Any) -> None:
         raise click.UsageError(str(e)) from None
     from podiam.server_runner import Server  # noqa: PLC0415 - imported late: `podiam --help` stays fast
 
-    try:
-        _run(Server(settings).run())
-    except ConfigError as e:
-        click.echo(f"podiam server: configuration error: {e}", err=True)
-        sys.exit(2)
-    except PodiamError as e:
-        click.echo(f"podiam server: {e}", err=True)
-        sys.exit(1)
+    _run_command("server", Server(settings).run())
 
 
 @main.command()
@@ -438,6 +442,18 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
         sys.exit(1)
     click.echo(result.to_json() if output == "json" else result.to_text())
     sys.exit(0 if result.gets_credentials else 1)
+
+
+def _run_command(command: str, coro: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived command; its errors as a user sees them: exit 2 for configuration, 1 otherwise."""
+    try:
+        _run(coro)
+    except ConfigError as e:
+        click.echo(f"podiam {command}: configuration error: {e}", err=True)
+        sys.exit(2)
+    except PodiamError as e:
+        click.echo(f"podiam {command}: {e}", err=True)
+        sys.exit(1)
 
 
 def _run(coro: Any) -> None:
