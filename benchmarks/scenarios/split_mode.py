@@ -8,6 +8,7 @@ same pods on the node.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from benchmarks.common import ScenarioResult, Target, cpu_seconds, metric, pairwise, rss_mb, wait_for
@@ -54,6 +55,8 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
     result.add("rss_at_start.agent_mb", "MiB", [rss_mb(agent.pid)], f"VmRSS with {pods} pods, before any load")
     result.add("rss_at_start.split_agent_mb", "MiB", [rss_mb(split.agent.pid)])
     result.add("rss_at_start.server_mb", "MiB", [rss_mb(split.server.pid)], "the server watches every node")
+    await _idle_cpu(result, p.wrk_seconds / 2, agent=agent.pid, split_agent=split.agent.pid,
+                    server=split.server.pid)
 
     path = CREDS + ROLE
     token, _ = await served_credentials(pod, path)
@@ -77,8 +80,9 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
         rpcs_before = metric(await split.agent.metrics(), "podiam_remote_rpcs_total")
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         rss: dict[str, list[float]] = {name: [] for name in targets}
-        for _ in range(p.runs):
-            for name, (pid, url, tok) in targets.items():  # interleaved, so drift hits both alike
+        for i in range(p.runs):
+            order = list(targets.items())
+            for name, (pid, url, tok) in order if i % 2 == 0 else order[::-1]:  # ABBA: drift hits both alike
                 before = cpu_seconds(pid)
                 summary = await load(url, tok, p.wrk_seconds)
                 summary["cpu_s"] = cpu_seconds(pid) - before
@@ -86,6 +90,15 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
                 rss[name].append(rss_mb(pid))
         rpcs = metric(await split.agent.metrics(), "podiam_remote_rpcs_total") - rpcs_before
     _report(runs, rss, ctx, result, rpcs=rpcs, pods=pods)
+
+
+async def _idle_cpu(result: ScenarioResult, seconds: float, **pids: int) -> None:
+    """CPU each process uses while nothing is asked of it (timers, keepalive, pollers)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    await asyncio.sleep(seconds)  # the measured interval itself, not a synchronisation
+    for name, pid in pids.items():
+        result.add(f"idle.{name}_cpu_ms_per_s", "ms/s", [(cpu_seconds(pid) - before[name]) * 1000 / seconds],
+                   f"user+system over {seconds:g} s with no requests (10 ms ticks)")
 
 
 def _report(runs: dict[str, list[dict[str, float]]], rss: dict[str, list[float]], ctx: Context,
@@ -134,6 +147,8 @@ def _report(runs: dict[str, list[dict[str, float]]], rss: dict[str, list[float]]
     if errors:
         result.simplifications.append(f"wrk reported {errors:g} errors in total (see the *.errors figures).")
     result.simplifications += [
+        "wrk runs alternate ABBA (agent, split, split, agent, ...) so that a drift of the machine's load "
+        "hits both modes alike; ratios pair the runs of one round.",
         "Both agents run on the node for the whole scenario, with the same flags but the split agent's "
         "(--server-address, --cert/--key/--ca from `podiam certs init`, --server-name podiam-server); the "
         f"agent-mode agent owns the DNAT rule of :80, the split agent is behind a rule of its own "
