@@ -364,7 +364,12 @@ class Load:
             await asyncio.sleep(0.01)  # pacing of the load, not synchronisation
 
     def served(self) -> int:
+        """Successful requests of the pod with the fewest."""
         return min(sum(1 for status, _ in c.results if status == 200) for c in self.clients)
+
+    def answered(self) -> int:
+        """Requests answered, whatever the answer, of the pod with the fewest."""
+        return min(len(c.results) for c in self.clients)
 
     async def __aenter__(self) -> Self:
         self._tasks = [asyncio.create_task(self._loop(c), name=f"test-pod-{c.pod.name}") for c in self.clients]
@@ -510,3 +515,52 @@ async def test_with_both_replicas_down_known_pods_are_served_and_a_new_one_waits
     assert wrong_answers(clients, sts) == []  # known pods: never a failed request
     status, key = new_client.results[-1]
     assert sts.issued[key] == new_client.identity  # once a server is back: its own credentials
+
+
+# -- 3. a restart ---------------------------------------------------------------------------------
+
+async def test_a_restarted_server_fetches_each_identity_once_and_agents_resnapshot_without_a_failure(
+        tls: tuple[TlsFiles, TlsFiles]) -> None:
+    """Three nodes, four identities, each used by one pod on every node (a Deployment's pods share
+    kiam's session-name annotation): 12 pods. The restarted server's STS is slower than the agents'
+    reconnect (its calls held until every agent has the new snapshot), as it is for real with many
+    identities and --fetchers calls in flight at once."""
+    server_files, agent_files = tls
+    sts = CountingSts()
+    nodes = [f"node-{n}" for n in (1, 2, 3)]
+    cluster = Cluster(pod(f"app{k}-{n}", f"127.0.{n + 1}.{k + 2}", f"role-{k}", node=node, session=f"app{k}")
+                      for n, node in enumerate(nodes) for k in range(4))
+    identities = {POLICY.identity(p) for p in cluster.pods.values()}
+    assert len(identities) == 4
+    first = await Replica(cluster, sts, server_files).__aenter__()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            agents = [await stack.enter_async_context(Agent(node, [first.address], agent_files)) for node in nodes]
+            clients = [PodClient(p, agents[nodes.index(p.node or "")].port) for p in cluster.pods.values()]
+            load = await stack.enter_async_context(Load(clients))
+            await until(lambda: load.served() >= 3, "every pod served by the first server")
+            assert len(sts.calls) == len(identities)  # the first life: once each, too
+            before = len(sts.calls)
+            sts.hold()
+            await first.stop()
+            restarted = await stack.enter_async_context(Replica(cluster, sts, server_files, port=first.port))
+            assert restarted.feed is not None
+            epoch = restarted.feed.epoch
+            await until(lambda: all(a.mirror.resume is not None and a.mirror.resume.epoch == epoch for a in agents),
+                        "every agent on the restarted server")
+            answered = load.answered()
+            await until(lambda: load.answered() >= answered + 3, "requests while STS is slow")
+            sts.release()
+            await until(lambda: len(sts.issued) == before + len(identities), "the restarted server's fetches")
+            answered = load.answered()
+            await until(lambda: load.answered() >= answered + 3, "requests after")
+            subscriptions = [sub for node in nodes for sub in restarted.feed.node(node).subscribers]
+    finally:
+        await first.stop()
+    after_restart = len(sts.calls) - before
+    print(f"AssumeRole calls after the restart: {after_restart} "
+          f"({len(identities)} identities, {len(cluster.pods)} pods, {len(nodes)} agents)")
+    assert after_restart == len(identities)
+    assert sorted(c.role_arn for c in sts.calls[before:]) == sorted(i.role_arn for i in identities)
+    assert [sub.snapshots for sub in subscriptions] == [1, 1, 1]
+    assert wrong_answers(clients, sts) == []
