@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import socket
@@ -564,3 +565,39 @@ async def test_a_restarted_server_fetches_each_identity_once_and_agents_resnapsh
     assert sorted(c.role_arn for c in sts.calls[before:]) == sorted(i.role_arn for i in identities)
     assert [sub.snapshots for sub in subscriptions] == [1, 1, 1]
     assert wrong_answers(clients, sts) == []
+
+
+# -- 4. a server that stops answering -------------------------------------------------------------
+
+async def test_keepalive_moves_the_agent_off_a_server_that_stopped_answering(tls: tuple[TlsFiles, TlsFiles]) -> None:
+    """The server behind replica a's proxy is hung (or its route black-holed): the TCP connection
+    stays open and nothing comes back. The agent's keepalive ping goes unanswered, so it moves
+    to replica b within keepalive_time + keepalive_timeout (plus the first reconnect delay)."""
+    server_files, agent_files = tls
+    sts = CountingSts()
+    cluster = Cluster(pod(f"p{i}", f"127.0.0.{i + 2}", f"role-{i}") for i in range(3))
+    late = pod("late", "127.0.0.20", "role-late")
+    settings = StreamSettings((), server_name="localhost", keepalive_time=0.5, keepalive_timeout=0.5,
+                              retry_initial=0.05, retry_max=0.5)
+    documented = {f.name for f in dataclasses.fields(StreamSettings)}
+    assert {"keepalive_time", "keepalive_timeout"} <= documented
+    bound = settings.keepalive_time + settings.keepalive_timeout + settings.retry_initial
+    async with (Replica(cluster, sts, server_files) as a, Replica(cluster, sts, server_files) as b,
+                Agent("node-1", [a.address, b.address], agent_files, settings) as agent):
+        clients = [PodClient(p, agent.port) for p in cluster.pods.values()]
+        async with Load(clients) as load:
+            await until(lambda: a.streams() == 1 and load.served() >= 3, "pods served through replica a")
+            assert a.proxy is not None
+            a.proxy.freeze()
+            cluster.upsert(late)  # a's stream would carry it, but nothing gets through
+            moved = await until(lambda: b.streams() == 1 and agent.mirror.connected, "the agent on replica b",
+                                timeout=bound + 5)
+            async with PodClient(late, agent.port) as late_client:
+                await until_served(late_client, 5)
+            served = load.served()
+            await until(lambda: load.served() >= served + 3, "pods served through replica b")
+    print(f"moved to replica b {moved:.2f} s after a froze (keepalive {settings.keepalive_time} s "
+          f"+ timeout {settings.keepalive_timeout} s)")
+    assert moved <= bound + 1.0
+    assert wrong_answers([*clients, late_client], sts) == []
+    assert agent.sample("podiam_remote_stream_failures_total", code="UNAVAILABLE") == 1
