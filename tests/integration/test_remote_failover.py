@@ -577,7 +577,8 @@ async def test_keepalive_moves_the_agent_off_a_server_that_stopped_answering(tls
     sts = CountingSts()
     cluster = Cluster(pod(f"p{i}", f"127.0.0.{i + 2}", f"role-{i}") for i in range(3))
     late = pod("late", "127.0.0.20", "role-late")
-    settings = StreamSettings((), server_name="localhost", keepalive_time=0.5, keepalive_timeout=0.5,
+    # 1 s: gRPC core sends no two pings less than a second apart, whatever keepalive_time asks.
+    settings = StreamSettings((), server_name="localhost", keepalive_time=1.0, keepalive_timeout=0.5,
                               retry_initial=0.05, retry_max=0.5)
     documented = {f.name for f in dataclasses.fields(StreamSettings)}
     assert {"keepalive_time", "keepalive_timeout"} <= documented
