@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import ipaddress
 import os
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from podiam import __version__
+from podiam.certs import DEFAULT_CA_DAYS, DEFAULT_DAYS, DEFAULT_NAMESPACE, CertSpec, create, write_tree
 from podiam.errors import ConfigError, PodiamError
 from podiam.observability import logging as podiam_logging
 from podiam.settings import (
@@ -444,3 +447,59 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
     else:
         uvloop.run(coro)
+
+
+def _certs_opt(flag: str, *decls: str, **kwargs: Any) -> Callable[[_F], _F]:
+    """As _opt, under PODIAM_CERTS_: a generic PODIAM_NAMESPACE or PODIAM_FORCE could be another command's."""
+    kwargs.setdefault("show_default", True)
+    return click.option(f"--{flag}", *decls, envvar="PODIAM_CERTS_" + flag.upper().replace("-", "_"),
+                        show_envvar=True, **kwargs)
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for split mode's mutual TLS (server and agents)."""
+
+
+@certs.command("init")
+@_certs_opt("out", type=click.Path(file_okay=False, path_type=Path), required=True,
+            help="Directory to write into; created (0700) if missing.")
+@_certs_opt("server-dns", multiple=True, default=(), show_default=False,
+            help="Extra DNS name for the server certificate (repeatable; space-separated in the variable), besides "
+            "podiam-server, podiam-server.NS, podiam-server.NS.svc and podiam-server.NS.svc.cluster.local.")
+@_certs_opt("server-ip", type=IpAddress(), multiple=True, default=(), show_default=False,
+            help="IP address for the server certificate (repeatable; space-separated in the variable), for agents "
+            "that dial an address.")
+@_certs_opt("namespace", default=DEFAULT_NAMESPACE,
+            help="The server's namespace: in its default DNS names, and the Secrets' namespace.")
+@_certs_opt("days", type=int, default=DEFAULT_DAYS, help="Validity of the server and agent certificates, in days.")
+@_certs_opt("ca-days", type=int, default=DEFAULT_CA_DAYS, help="Validity of the CA, in days (at least --days).")
+@_certs_opt("format", "output_format", type=click.Choice(["files", "kubernetes"]), default="files",
+            help="files: PEM files DIR/{ca,server,agent}/tls.crt, tls.key (and ca.crt). kubernetes: Secret "
+            "manifests (JSON) DIR/podiam-server-tls.json, DIR/podiam-agent-tls.json, DIR/ca/podiam-ca.json.")
+@_certs_opt("force", is_flag=True, default=False, help="Replace files that exist instead of refusing.")
+def certs_init(*, out: Path, server_dns: tuple[str, ...], server_ip: tuple[str, ...], namespace: str, days: int,
+               ca_days: int, output_format: str, force: bool) -> None:
+    """Write a new CA, a server certificate (serverAuth) and an agent certificate (clientAuth).
+
+    Keys are ECDSA P-256, written 0600. The files are named as cert-manager names a
+    Certificate's Secret keys, so the server and agent take cert-manager's Secrets too.
+
+    With --format kubernetes, `kubectl apply -f DIR/` applies the server's and the agent's
+    Secrets; the CA's (DIR/ca/) is applied only on purpose, for a cert-manager CA Issuer.
+
+    Rotation: first give every server and agent a ca.crt holding the old and the new CA,
+    then replace the leaves (tls.crt, tls.key), then drop the old CA from ca.crt.
+    docs/split-mode-certificates.md has the commands.
+    """
+    try:
+        spec = CertSpec(server_dns=tuple(name.lower() for name in server_dns),
+                        server_ips=tuple(ipaddress.ip_address(ip) for ip in server_ip),
+                        namespace=namespace, days=days, ca_days=ca_days)
+        bundle = create(spec, datetime.datetime.now(datetime.UTC))
+        files = bundle.files() if output_format == "files" else bundle.secrets(namespace)
+        written = write_tree(out, files, force=force)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    for path in written:
+        click.echo(path)
