@@ -11,7 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from benchmarks.common import ScenarioResult, Target, cpu_seconds, metric, pairwise, rss_mb, wait_for
+from benchmarks.common import (
+    ScenarioResult,
+    Target,
+    cpu_seconds,
+    metric,
+    pairwise,
+    rss_mb,
+    side_threads_cpu_seconds,
+    wait_for,
+)
 from benchmarks.http_load import dnat_rule, wrk
 from benchmarks.node import api_pod, bench_world, bounded, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
@@ -83,9 +92,10 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
         for i in range(p.runs):
             order = list(targets.items())
             for name, (pid, url, tok) in order if i % 2 == 0 else order[::-1]:  # ABBA: drift hits both alike
-                before = cpu_seconds(pid)
+                before, side = cpu_seconds(pid), side_threads_cpu_seconds(pid)
                 summary = await load(url, tok, p.wrk_seconds)
                 summary["cpu_s"] = cpu_seconds(pid) - before
+                summary["side_cpu_s"] = side_threads_cpu_seconds(pid) - side
                 runs[name].append(summary)
                 rss[name].append(rss_mb(pid))
         rpcs = metric(await split.agent.metrics(), "podiam_remote_rpcs_total") - rpcs_before
@@ -111,6 +121,9 @@ def _report(runs: dict[str, list[dict[str, float]]], rss: dict[str, list[float]]
         result.add(f"{name}.p99.9_ms", "ms", [r["p999_us"] / 1000 for r in rs])
         result.add(f"{name}.cpu_us_per_request", "us", [r["cpu_s"] * 1e6 / max(r["requests"], 1) for r in rs],
                    "user+system of the agent's process tree over the run, / requests")
+        result.add(f"{name}.side_threads_cpu_share", "%",
+                   [100 * r["side_cpu_s"] / r["cpu_s"] if r["cpu_s"] else 0.0 for r in rs],
+                   "CPU of the agent's threads other than the event loop's, of its whole CPU over the run")
         result.add(f"{name}.errors", "count", [r["connect_errors"] + r["read_errors"] + r["write_errors"]
                                                + r["status_errors"] + r["timeouts"] for r in rs],
                    "socket errors + non-2xx + timeouts")
