@@ -1,6 +1,7 @@
 """
-Writes docs/flags.md from the click commands in podiam.cli: every command, every option
-(names and aliases, environment variables, type, default, help). The page is generated so it
+Writes docs/flags.md from the click commands in podiam.cli: every command (each command of
+a group, such as `podiam certs init`, too), every option (names and aliases, environment
+variables, type, default, help). The page is generated so it
 cannot drift from `podiam ... --help`; tests/unit/test_flag_reference.py fails when the
 committed page is stale.
 
@@ -46,6 +47,9 @@ podiam error (for example, iptables failing at start, or a root task ending on i
 stops the agent).
 
 `podiam explain`: as its help says above; [explain.md](explain.md) gives the cases.
+
+`podiam certs init`: 0 when every file is written, 2 for a usage error (including a file
+that exists already, without `--force`, and a directory that cannot be created).
 """
 
 _BRACKETED_DEFAULT = re.compile(r"\s*\[default: ([^\]]+)\]")
@@ -74,7 +78,7 @@ def _type(option: click.Option) -> str:
             return f"{noun} ≥ {kind.min:g}"
         return f"{noun} ≤ {kind.max:g}"
     if isinstance(kind, click.Path):
-        return "file"
+        return "file" if kind.file_okay else "directory"
     return kind.name
 
 
@@ -114,7 +118,7 @@ def _row(option: click.Option) -> str:
 
 
 def _command(name: str, command: click.Command, parent: click.Context) -> list[str]:
-    ctx = click.Context(command, info_name=name, parent=parent)
+    ctx = click.Context(command, info_name=name.rsplit(" ", 1)[-1], parent=parent)
     usage = " ".join(command.collect_usage_pieces(ctx))
     lines = [f"## podiam {name}", "", "```", f"podiam {name} {usage}", "```", ""]
     lines += [inspect.cleandoc(command.help or ""), ""]
@@ -127,6 +131,26 @@ def _command(name: str, command: click.Command, parent: click.Context) -> list[s
     options = [p for p in command.get_params(ctx) if isinstance(p, click.Option) and p is not help_option]
     lines += [_row(option) for option in sorted(options, key=lambda o: _primary(o).lstrip("-"))]
     return [*lines, ""]
+
+
+def _group(name: str, group: click.Group, parent: click.Context) -> list[str]:
+    """A group's section lists its commands, each then a section of its own (`podiam certs init`)."""
+    ctx = click.Context(group, info_name=name.rsplit(" ", 1)[-1], parent=parent)
+    lines = [f"## podiam {name}", "", inspect.cleandoc(group.help or ""), ""]
+    subcommands = group.list_commands(ctx)
+    lines += [f"- `podiam {name} {sub}`: [{sub}](#podiam-{name.replace(' ', '-')}-{sub})." for sub in subcommands]
+    lines.append("")
+    for sub in subcommands:
+        command = group.get_command(ctx, sub)
+        assert command is not None
+        lines += _section(f"{name} {sub}", command, ctx)
+    return lines
+
+
+def _section(name: str, command: click.Command, parent: click.Context) -> list[str]:
+    if isinstance(command, click.Group):
+        return _group(name, command, parent)
+    return _command(name, command, parent)
 
 
 def render() -> str:
@@ -143,7 +167,7 @@ def render() -> str:
     for name in main.list_commands(root):
         command = main.get_command(root, name)
         assert command is not None
-        lines += _command(name, command, root)
+        lines += _section(name, command, root)
     lines.append(_EXIT_STATUS)
     return "\n".join(lines)
 

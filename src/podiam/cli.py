@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from podiam import __version__
+from podiam.certs import DEFAULT_CA_DAYS, DEFAULT_DAYS, DEFAULT_NAMESPACE, CertSpec, create, write_tree
 from podiam.errors import ConfigError, PodiamError
 from podiam.observability import logging as podiam_logging
+from podiam.policy import ROLE_ARN_RE
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
     AgentSettings,
@@ -139,6 +143,9 @@ _POLICY_OPTIONS = [
         help="How --namespace-key entries match the role ARN: glob ('*' only) or an unanchored regexp."),
     _opt("namespace-permitted-key", type=str, default="iam.amazonaws.com/permitted",
         help="kiam's namespace annotation: a regexp over the whole role ARN."),
+    _opt("disable-strict-namespace-regexp", is_flag=True, default=False,
+        help="kiam's flag: the --namespace-permitted-key regexp may match anywhere in the role ARN, not only "
+        "the whole of it. Loosens every such namespace; for clusters migrated from kiam with this flag."),
     _opt("default-role-bypasses-restrictions", is_flag=True, default=False,
         help="Serve the default role whatever the namespace permits (kube2iam's behaviour)."),
     _opt("host-network-role", type=str, default=None,
@@ -230,14 +237,7 @@ def agent(**flags: Any) -> None:
         raise click.UsageError(str(e)) from None
     from podiam.runner import Agent  # noqa: PLC0415 - imported late: `podiam --help` stays fast
 
-    try:
-        _run(Agent(settings).run())
-    except ConfigError as e:
-        click.echo(f"podiam agent: configuration error: {e}", err=True)
-        sys.exit(2)
-    except PodiamError as e:
-        click.echo(f"podiam agent: {e}", err=True)
-        sys.exit(1)
+    _run_command("agent", Agent(settings).run())
 
 
 def _positive(flags: dict[str, Any], name: str) -> float:
@@ -270,11 +270,13 @@ def _restriction_settings(flags: dict[str, Any]) -> RestrictionSettings:
         namespace_key=flags["namespace_key"],
         format=flags["namespace_restriction_format"],
         permitted_key=flags["namespace_permitted_key"],
+        strict_permitted_regexp=not flags["disable_strict_namespace_regexp"],
         default_role_bypasses=flags["default_role_bypasses_restrictions"],
     )
 
 
-def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSettings:
+def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str], **server: Any) -> StsSettings:
+    """``server``: the server's own StsSettings fields (assume_role_arn)."""
     settings = StsSettings(
         session_duration=flags["session_duration"],
         session_refresh=flags["session_refresh"],
@@ -282,6 +284,7 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSetti
         error_ttl=flags["iam_role_error_ttl"],
         region=_region(environ),
         regional_endpoint=flags["use_regional_sts_endpoint"],
+        **server,
     )
     # Refresh against duration is StsSettings' own check, made above; STS's limits are the
     # CLI's alone, as moto (tests, the benchmarks' accelerated clock) takes shorter sessions.
@@ -290,9 +293,17 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str]) -> StsSetti
     return settings
 
 
+def _assume_role_arn(flags: dict[str, Any]) -> str | None:
+    chain: str | None = flags["assume_role_arn"]
+    if chain is not None and not ROLE_ARN_RE.fullmatch(chain):
+        raise ConfigError(f"--assume-role-arn: {chain!r} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+    return chain
+
+
 SERVER_POLICY_FLAGS = (
     "kubeconfig", "base_role_arn", "auto_discover_base_arn", "default_role", "default_role_bypasses_restrictions",
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
+    "disable_strict_namespace_regexp",
     "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
     "sts_timeout", "iam_role_error_ttl", "use_regional_sts_endpoint", "pod_events",
 )
@@ -359,6 +370,9 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 @_opt("ca", type=click.Path(dir_okay=False), required=True, show_default=False,
       help="PEM CA bundle that signs agent certificates (client certificates are required).")
 @_opt("fetchers", type=click.IntRange(min=1), default=8, help="STS calls in flight at once (prefetch and refresh).")
+@_opt("assume-role-arn", type=str, default=None, show_default=False,
+      help="kiam's chain: first assume this role, then the pod roles with its credentials (refreshed ahead of "
+      "expiry). AWS caps such chained sessions at 1h, so --session-duration must be at most 1h.")
 @_opt("pod-events/--no-pod-events", default=True,
       help="Record Warning events on pods that are refused (needs create/patch on events).")
 @_opt("metrics-port", type=click.IntRange(1, 65535), default=9620, help="Port of /metrics, /healthz and /readyz.")
@@ -370,7 +384,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 def server(**flags: Any) -> None:
     """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
     try:
-        sts = _sts_settings(flags, os.environ)
+        sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags))
         settings = ServerSettings(
             kube=KubeSettings(node_name="", kubeconfig=flags["kubeconfig"]),
             cert=flags["cert"], key=flags["key"], ca=flags["ca"], bind=flags["bind"],
@@ -385,14 +399,7 @@ def server(**flags: Any) -> None:
         raise click.UsageError(str(e)) from None
     from podiam.server_runner import Server  # noqa: PLC0415 - imported late: `podiam --help` stays fast
 
-    try:
-        _run(Server(settings).run())
-    except ConfigError as e:
-        click.echo(f"podiam server: configuration error: {e}", err=True)
-        sys.exit(2)
-    except PodiamError as e:
-        click.echo(f"podiam server: {e}", err=True)
-        sys.exit(1)
+    _run_command("server", Server(settings).run())
 
 
 @main.command()
@@ -437,6 +444,18 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
     sys.exit(0 if result.gets_credentials else 1)
 
 
+def _run_command(command: str, coro: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived command; its errors as a user sees them: exit 2 for configuration, 1 otherwise."""
+    try:
+        _run(coro)
+    except ConfigError as e:
+        click.echo(f"podiam {command}: configuration error: {e}", err=True)
+        sys.exit(2)
+    except PodiamError as e:
+        click.echo(f"podiam {command}: {e}", err=True)
+        sys.exit(1)
+
+
 def _run(coro: Any) -> None:
     try:
         import uvloop  # noqa: PLC0415 - optional: the fastest loop where installed
@@ -444,3 +463,59 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
     else:
         uvloop.run(coro)
+
+
+def _certs_opt(flag: str, *decls: str, **kwargs: Any) -> Callable[[_F], _F]:
+    """As _opt, under PODIAM_CERTS_: a generic PODIAM_NAMESPACE or PODIAM_FORCE could be another command's."""
+    kwargs.setdefault("show_default", True)
+    return click.option(f"--{flag}", *decls, envvar="PODIAM_CERTS_" + flag.upper().replace("-", "_"),
+                        show_envvar=True, **kwargs)
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for split mode's mutual TLS (server and agents)."""
+
+
+@certs.command("init")
+@_certs_opt("out", type=click.Path(file_okay=False, path_type=Path), required=True,
+            help="Directory to write into; created (0700) if missing.")
+@_certs_opt("server-dns", multiple=True, default=(), show_default=False,
+            help="Extra DNS name for the server certificate (repeatable; space-separated in the variable), besides "
+            "podiam-server, podiam-server.NS, podiam-server.NS.svc and podiam-server.NS.svc.cluster.local.")
+@_certs_opt("server-ip", type=IpAddress(), multiple=True, default=(), show_default=False,
+            help="IP address for the server certificate (repeatable; space-separated in the variable), for agents "
+            "that dial an address.")
+@_certs_opt("namespace", default=DEFAULT_NAMESPACE,
+            help="The server's namespace: in its default DNS names, and the Secrets' namespace.")
+@_certs_opt("days", type=int, default=DEFAULT_DAYS, help="Validity of the server and agent certificates, in days.")
+@_certs_opt("ca-days", type=int, default=DEFAULT_CA_DAYS, help="Validity of the CA, in days (at least --days).")
+@_certs_opt("format", "output_format", type=click.Choice(["files", "kubernetes"]), default="files",
+            help="files: PEM files DIR/{ca,server,agent}/tls.crt, tls.key (and ca.crt). kubernetes: Secret "
+            "manifests (JSON) DIR/podiam-server-tls.json, DIR/podiam-agent-tls.json, DIR/ca/podiam-ca.json.")
+@_certs_opt("force", is_flag=True, default=False, help="Replace files that exist instead of refusing.")
+def certs_init(*, out: Path, server_dns: tuple[str, ...], server_ip: tuple[str, ...], namespace: str, days: int,
+               ca_days: int, output_format: str, force: bool) -> None:
+    """Write a new CA, a server certificate (serverAuth) and an agent certificate (clientAuth).
+
+    Keys are ECDSA P-256, written 0600. The files are named as cert-manager names a
+    Certificate's Secret keys, so the server and agent take cert-manager's Secrets too.
+
+    With --format kubernetes, `kubectl apply -f DIR/` applies the server's and the agent's
+    Secrets; the CA's (DIR/ca/) is applied only on purpose, for a cert-manager CA Issuer.
+
+    Rotation: first give every server and agent a ca.crt holding the old and the new CA,
+    then replace the leaves (tls.crt, tls.key), then drop the old CA from ca.crt.
+    docs/split-mode-certificates.md has the commands.
+    """
+    try:
+        spec = CertSpec(server_dns=tuple(name.lower() for name in server_dns),
+                        server_ips=tuple(ipaddress.ip_address(ip) for ip in server_ip),
+                        namespace=namespace, days=days, ca_days=ca_days)
+        bundle = create(spec, datetime.datetime.now(datetime.UTC))
+        files = bundle.files() if output_format == "files" else bundle.secrets(namespace)
+        written = write_tree(out, files, force=force)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    for path in written:
+        click.echo(path)

@@ -90,6 +90,9 @@ request (ConfigError, KubeError, IptablesError) have no row: answered 500 ``inte
 
 _INTERNAL = Row(500, "internal")
 
+EVENT_REASONS = frozenset(row.event for row in REFUSALS.values() if row.event is not None)
+"""The Warning event reasons podiam writes for pods: what a split agent may report (remote/reports.py)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:

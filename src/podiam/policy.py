@@ -127,6 +127,8 @@ class NamespaceRules:
     """kiam's regexp; None when the annotation is absent."""
     problem: str | None = None
     """Why an annotation could not be used; set means nothing is permitted."""
+    strict_permitted: bool = True
+    """kiam's regexp must match the whole ARN; False (--disable-strict-namespace-regexp): anywhere in it."""
 
     def check(self, role_arn: str) -> str:
         """Why ``role_arn`` is permitted (a sentence); raises RoleForbidden otherwise."""
@@ -135,8 +137,11 @@ class NamespaceRules:
         for written, pattern in self.allowed or ():
             if pattern.search(role_arn):  # globs are anchored at both ends; kube2iam regexps are not
                 return f"namespace {self.name} allows {written!r}"
-        if self.permitted is not None and self.permitted.fullmatch(role_arn):
-            return f"namespace {self.name} permits /{self.permitted.pattern}/"
+        if self.permitted is not None and (
+            self.permitted.fullmatch(role_arn) if self.strict_permitted else self.permitted.search(role_arn)
+        ):
+            how = "" if self.strict_permitted else " (unanchored)"
+            return f"namespace {self.name} permits /{self.permitted.pattern}/{how}"
         if self.allowed is None and self.permitted is None:
             raise RoleForbidden(f"namespace {self.name} has no role annotation, so it permits no role")
         raise RoleForbidden(f"namespace {self.name} does not permit role {role_arn}")
@@ -173,7 +178,8 @@ def parse_namespace_rules(
             permitted = re.compile(raw_regexp)
         except re.error as e:
             problems.append(f"annotation {settings.permitted_key} is not a valid regular expression ({e})")
-    return NamespaceRules(name, allowed, permitted, "; ".join(problems) or None)
+    return NamespaceRules(name, allowed, permitted, "; ".join(problems) or None,
+                          strict_permitted=settings.strict_permitted_regexp)
 
 
 @dataclass(frozen=True)

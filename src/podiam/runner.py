@@ -177,6 +177,20 @@ class RootTasks:
                       error=repr(error) if error else None)
         self._stop.set()
 
+    def _spawn_watches(self, pods: ListWatcher, namespaces: tuple[ListWatcher, asyncio.Event] | None,
+                       ) -> list[ListWatcher]:
+        """Spawn the watch root tasks: the pod watch, after the namespace watch's first list
+        (``namespaces``: that watcher and its index's synced event) when restrictions are on, so
+        pods are decided once their namespaces are known, not refused meanwhile. The watchers,
+        for readiness."""
+        if namespaces is None:
+            self._spawn("pod-watcher", pods.run())
+            return [pods]
+        names, synced = namespaces
+        self._spawn("namespace-watcher", names.run())
+        self._spawn("pod-watcher", after(synced, pods))
+        return [names, pods]
+
     async def _stop_tasks(self) -> None:
         """Cancel the root tasks and wait for them; name any that will not stop."""
         tasks, self._tasks = self._tasks, []
@@ -287,15 +301,20 @@ class Agent(RootTasks):
         """Split mode: the same endpoint, rule and probes, fed by a podiam server's stream."""
         from podiam.remote.client import ServerStream, StreamSettings  # noqa: PLC0415
         from podiam.remote.mirror import Mirror  # noqa: PLC0415
+        from podiam.remote.reports import RefusalReporter  # noqa: PLC0415
         from podiam.remote.tls import TlsFiles  # noqa: PLC0415
 
         s = self.settings
         host_ips = [s.node.host_ip] if s.node.host_ip else []
         issuance = IssuanceLog(s.kube.node_name, audit_writer(stack, s.log.audit_log))
+        stream: ServerStream | None = None
+        # The server writes the pods' Warning events; this agent reports its refusals to it.
+        reporter = await stack.enter_async_context(RefusalReporter(
+            s.kube.node_name, lambda: stream.channel if stream is not None else None, remote.reports, self.metrics))
 
         def pod_index(decide: Callable[[PodInfo], Identity]) -> PodIndex:
             index = PodIndex(decide, host_ips=host_ips)
-            index.subscribe(_ForgetWhenGone(issuance))
+            index.subscribe(_ForgetWhenGone(issuance, reporter))
             return index
 
         mirror = Mirror(pod_index, s.kube.node_name, credentials_wait=s.sts.request_wait,
@@ -316,7 +335,7 @@ class Agent(RootTasks):
         deps = ImdsDeps(pods=mirror, credentials=mirror, tokens=TokenIssuer(max_remembered=s.imds.tokens_remembered),
                         issuance=issuance, metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                         limiter=RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked),
-                        host_identity=mirror.host_identity)
+                        events=reporter, host_identity=mirror.host_identity)
         await self._serve(stack, deps, rule, guard, ready, node=s.kube.node_name, servers=remote.addresses)
 
     def _start_watches(self, client: KubeClient, index: PodIndex,
@@ -328,14 +347,9 @@ class Agent(RootTasks):
         kube = self.settings.kube
         pods = pod_watcher(client, index, kube, self.metrics)
         if namespaces is None:
-            self._spawn("pod-watcher", pods.run())
-            return [pods]
+            return self._spawn_watches(pods, None)
         namespaces.subscribe(index.decide_again)
-        names = namespace_watcher(client, namespaces, kube, self.metrics)
-        self._spawn("namespace-watcher", names.run())
-        # Pods are decided once their namespaces are known, not refused meanwhile.
-        self._spawn("pod-watcher", after(namespaces.synced, pods))
-        return [names, pods]
+        return self._spawn_watches(pods, (namespace_watcher(client, namespaces, kube, self.metrics), namespaces.synced))
 
     async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None) -> None:
         self._stop.set()
@@ -354,14 +368,16 @@ class Agent(RootTasks):
 
 
 class _ForgetWhenGone:
-    """Split mode's pod index listener: the issuance log forgets pods that go (agent mode's
-    PrefetchWhenIndexed does it there, with the prefetching this agent leaves to the server)."""
+    """Split mode's pod index listener: the issuance log and the refusal reports forget pods
+    that go (agent mode's PrefetchWhenIndexed does it there, with the prefetching this agent
+    leaves to the server)."""
 
-    def __init__(self, issuance: IssuanceLog) -> None:
-        self._issuance = issuance
+    def __init__(self, issuance: IssuanceLog, events: EventSink) -> None:
+        self._issuance, self._events = issuance, events
 
     def pod_active(self, entry: PodEntry) -> None:
         pass
 
     def pod_gone(self, entry: PodEntry) -> None:
         self._issuance.forget(entry.pod)
+        self._events.forget(entry.pod)

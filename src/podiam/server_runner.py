@@ -1,7 +1,8 @@
 """
 `podiam server`'s life (split mode): watch every pod and namespace, decide each pod with the
 agent's policy code, prefetch and refresh through the agent's credential cache, write the
-pods' Warning events, and stream each connected agent its node (remote/).
+pods' Warning events (its own refusals, and those the agents report), and stream each
+connected agent its node (remote/).
 
 Start: region and base ARN -> policy -> STS client and cache (--fetchers calls in flight)
 -> event recorder -> namespace index -> cluster index, whose listeners are the feed and the
@@ -18,6 +19,7 @@ import socket
 import structlog
 
 from podiam.credentials import Identity
+from podiam.decision import EVENT_REASONS
 from podiam.imds.core import NoEvents
 from podiam.imds.ops_app import make_ops_app
 from podiam.imds.upstream import NodeMetadataClient
@@ -34,9 +36,10 @@ from podiam.policy import RolePolicy
 from podiam.prefetch import PrefetchWhenIndexed
 from podiam.readiness import Readiness
 from podiam.remote.feed import ClusterFeed, FeedLimits
+from podiam.remote.reports import ReportedRefusal
 from podiam.remote.server import GrpcServer, ServiceSettings
 from podiam.remote.tls import TlsFiles
-from podiam.runner import RootTasks, after, resolve_node_facts, start_site
+from podiam.runner import RootTasks, resolve_node_facts, start_site
 from podiam.settings import KubeSettings, ServerSettings
 from podiam.sts.assumer import StsAssumer
 from podiam.sts.cache import CredentialCache
@@ -92,6 +95,25 @@ class _Listeners:
         self._feed.host_addresses(node, ips)
 
 
+class AgentRefusals:
+    """The agents' reported refusals, written as Warning events on their pods: only for a pod
+    on the reporting agent's node as this server's watch knows it (same uid, namespace and
+    name), and only with a reason podiam writes; anything else is ignored (and counted by the
+    service), so an agent's certificate cannot put events on another node's pods."""
+
+    def __init__(self, pods: ClusterIndex, events: EventRecorder) -> None:
+        self._pods, self._events = pods, events
+
+    def record(self, node: str, refusal: ReportedRefusal) -> bool:
+        index = self._pods.node(node)
+        entry = index.by_uid(refusal.pod_uid) if index is not None else None
+        if (entry is None or refusal.reason not in EVENT_REASONS
+                or (entry.pod.namespace, entry.pod.name) != (refusal.namespace, refusal.name)):
+            return False
+        self._events.warn(entry.pod, refusal.reason, refusal.message, refusal.count)
+        return True
+
+
 class Server(RootTasks):
     """One `podiam server` replica."""
 
@@ -107,6 +129,10 @@ class Server(RootTasks):
             region, base_arn = await resolve_node_facts(s.sts.region, s.roles.base_role_arn,
                                                         s.roles.auto_discover_base_arn, upstream)
             policy = RolePolicy.from_settings(s.roles, base_arn, s.restrictions)
+            if s.sts.assume_role_arn is not None:
+                log.warning("pod roles are assumed with the credentials of --assume-role-arn; AWS caps such "
+                            "chained sessions at 1 hour", assume_role_arn=s.sts.assume_role_arn,
+                            session_duration=s.sts.session_duration)
             assumer = await stack.enter_async_context(StsAssumer(region, s.sts, self.metrics))
             cache = await stack.enter_async_context(CredentialCache(assumer, s.sts, self.metrics))
             client = make_client(s.kube)
@@ -136,14 +162,15 @@ class Server(RootTasks):
                               unready_after=s.kube.watch_unready_after)
             service = ServiceSettings(bind=s.bind)
             grpc_server = await stack.enter_async_context(
-                GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics))
+                GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics,
+                           AgentRefusals(pods, events) if events is not None else None))
             ops = await start_site(make_ops_app(self.metrics, ready.reason), s.metrics.bind_address, s.metrics.port,
                                    1.0)
             stack.push_async_callback(ops.cleanup)
             self._started.set()
             log.info("server started", bind=s.bind, port=grpc_server.port, metrics_port=s.metrics.port,
                      region=region, sts_endpoint=assumer.endpoint_url, base_role_arn=base_arn,
-                     fetchers=s.sts.fetchers)
+                     fetchers=s.sts.fetchers, assume_role_arn=s.sts.assume_role_arn)
             await self._stop.wait()
             log.info("stopping")
 
@@ -151,10 +178,7 @@ class Server(RootTasks):
                        kube: KubeSettings) -> list[ListWatcher]:
         watcher = cluster_pod_watcher(client, pods, kube, self.metrics)
         if namespaces is None:
-            self._spawn("pod-watcher", watcher.run())
-            return [watcher]
+            return self._spawn_watches(watcher, None)
         namespaces.subscribe(pods.decide_again)
-        names = namespace_watcher(client, namespaces, kube, self.metrics)
-        self._spawn("namespace-watcher", names.run())
-        self._spawn("pod-watcher", after(namespaces.synced, watcher))
-        return [names, watcher]
+        return self._spawn_watches(watcher, (namespace_watcher(client, namespaces, kube, self.metrics),
+                                             namespaces.synced))

@@ -106,6 +106,11 @@ class RestrictionSettings:
     permitted_key: str = "iam.amazonaws.com/permitted"
     """kiam's namespace annotation: a regular expression over the whole role ARN."""
 
+    strict_permitted_regexp: bool = True
+    """kiam's regexp is anchored at both ends (kiam's default); False, kiam's
+    --disable-strict-namespace-regexp: it may match anywhere in the ARN, so ``team-`` permits
+    every role whose ARN contains it. Only for namespaces migrated from kiam with that flag."""
+
     default_role_bypasses: bool = False
     """Serve the default role whatever the namespace permits (kube2iam's behaviour)."""
 
@@ -175,6 +180,11 @@ class StsSettings:
     but the connection pool's. Split mode's server (--fetchers, 8 as kiam) bounds them, as it
     prefetches every pod of the cluster at its start."""
 
+    assume_role_arn: str | None = None
+    """kiam's --assume-role-arn: pod roles are assumed with the credentials of this role (assumed
+    first with podiam's own, refreshed ahead of expiry); None: with podiam's own. AWS caps such
+    chained sessions at 1 h, so ``session_duration`` must then be at most 3600."""
+
     region: str | None = None
     """Region for STS; None: AWS_REGION / AWS_DEFAULT_REGION, else the node's IMDS placement."""
 
@@ -184,6 +194,9 @@ class StsSettings:
     def __post_init__(self) -> None:
         # The one check of this rule: the CLI and every other builder of settings (the
         # benchmarks' scaled agent, tests) get it by constructing the object.
+        if self.assume_role_arn is not None and self.session_duration > 3600:
+            raise ConfigError("--session-duration must be at most 1h with --assume-role-arn: AWS caps sessions "
+                              "assumed with another role's credentials (role chaining) at 1 hour")
         if self.session_refresh + self.expiry_margin >= self.session_duration:
             raise ConfigError(
                 f"--session-refresh must be shorter than --session-duration by more than {self.expiry_margin:g}s,"
@@ -358,6 +371,32 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """How a split agent reports its pods' refusals to the server, which writes the Warning
+    events (remote/reports.py)."""
+
+    max_pending: int = 1000
+    """(pod, reason) pairs held while they wait to be sent; a new pair beyond it is dropped
+    (and counted), so an unreachable server costs bounded memory."""
+
+    batch: int = 200
+    """Pairs sent in one ReportRefusals call at most."""
+
+    call_timeout: float = 2.0
+    """Seconds: deadline of one ReportRefusals call."""
+
+    retry_initial: float = 0.5
+    """Seconds before the first retry after a failed report."""
+
+    retry_max: float = 30.0
+    """Seconds: the cap of the back-off between failed reports."""
+
+    def __post_init__(self) -> None:
+        if self.max_pending < 1 or self.batch < 1 or self.call_timeout <= 0:
+            raise ConfigError("report settings need max_pending >= 1, batch >= 1 and call_timeout > 0")
+
+
+@dataclass(frozen=True)
 class RemoteSettings:
     """Split mode's agent: where its podiam servers are and how it proves itself to them."""
 
@@ -371,6 +410,8 @@ class RemoteSettings:
     """PEM CA bundle that signs the servers' certificates."""
     server_name: str | None = None
     """The name the server's certificate must carry; None: each address's host."""
+    reports: ReportSettings = field(default_factory=ReportSettings)
+    """Refusals reported to the server for its Warning events."""
     first_snapshot_wait: float = 10.0
     """Seconds start-up waits for the first snapshot before it serves anyway (from an empty
     mirror, refusing unknown pods with 503 until a server answers): the snapshot says what

@@ -18,7 +18,7 @@ import pytest_asyncio
 from aiobotocore.session import get_session
 
 from podiam.credentials import Credentials, Identity
-from podiam.errors import StsCallFailed, StsUnavailable
+from podiam.errors import ConfigError, StsCallFailed, StsUnavailable
 from podiam.observability.metrics import Metrics
 from podiam.settings import StsSettings
 from podiam.sts.assumer import StsAssumer
@@ -306,3 +306,26 @@ async def test_assumer_outside_its_context_is_an_error() -> None:
     assumer = StsAssumer(REGION, SETTINGS, Metrics())
     with pytest.raises(RuntimeError):
         await assumer.assume(Identity(role_arn=ROLE, session_name="x"))
+
+
+async def test_assume_role_arn_assumes_that_role_first_and_pod_roles_with_its_credentials(
+    aws_env: None, moto_sts: MotoSts, metrics: Metrics
+) -> None:
+    chain = f"arn:aws:iam::{ACCOUNT_ID}:role/{unique('podiam-server')}"
+    settings = StsSettings(session_duration=3600.0, session_refresh=1800.0, call_timeout=2.0, assume_role_arn=chain)
+    first, second = unique("chained-a"), unique("chained-b")
+    async with StsAssumer(REGION, settings, metrics) as assumer:
+        creds = await assumer.assume(Identity(role_arn=ROLE, session_name=first))
+        await assumer.assume(Identity(role_arn=ROLE, session_name=second))
+    calls = await moto_sts.assume_role_calls()
+    chained = [i for i, c in enumerate(calls) if c.role_arn == chain]
+    pods = [i for i, c in enumerate(calls) if c.session_name in (first, second)]
+    # One session of the chain role (reused while valid), made before the pod roles' calls.
+    assert len(chained) == 1 and calls[chained[0]].session_name == "podiam"
+    assert len(pods) == 2 and chained[0] < min(pods)
+    assert await caller_arn_with(creds, moto_sts.endpoint_url) == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/app/{first}"
+
+
+def test_assume_role_arn_caps_the_session_duration_at_one_hour() -> None:
+    with pytest.raises(ConfigError, match="at most 1h"):
+        StsSettings(session_duration=7200.0, assume_role_arn=f"arn:aws:iam::{ACCOUNT_ID}:role/chain")

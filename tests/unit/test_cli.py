@@ -105,6 +105,7 @@ SPLIT = ("agent", "--node", "n1", "--server-address", "podiam:9610", "--cert", "
     (["--host-network-role", "r"], {}, "--host-network-role"),
     (["--session-duration", "2h"], {}, "--session-duration"),
     (["--no-pod-events"], {}, "--no-pod-events"),
+    (["--disable-strict-namespace-regexp"], {}, "--disable-strict-namespace-regexp"),
     ([], {"PODIAM_IAM_ROLE_KEY": "x"}, "--iam-role-key"),  # from the environment too
 ])
 def test_a_split_mode_agent_refuses_the_servers_flags(args: list[str], env: dict[str, str], named: str) -> None:
@@ -130,3 +131,30 @@ def test_the_server_needs_its_certificates() -> None:
     code, out = run("server")
     assert code == 2
     assert "--cert" in out
+
+
+@pytest.mark.parametrize("command", ["agent", "server", "explain"])
+def test_every_policy_command_has_the_kiam_regexp_flag(command: str) -> None:
+    assert "PODIAM_DISABLE_STRICT_NAMESPACE_REGEXP" in run(command, "--help")[1]
+
+
+def test_disable_strict_namespace_regexp_reaches_the_restriction_settings() -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env={}):
+        strict = command.make_context("agent", ["--node", "n1"]).params
+        loose = command.make_context("agent", ["--node", "n1", "--disable-strict-namespace-regexp"]).params
+    assert agent_settings(strict, {}).restrictions.strict_permitted_regexp
+    assert not agent_settings(loose, {}).restrictions.strict_permitted_regexp
+
+
+SERVER = ("server", "--cert", "s.crt", "--key", "s.key", "--ca", "ca.crt")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--assume-role-arn", "not-an-arn"], "is not a role ARN"),
+    (["--assume-role-arn", "arn:aws:iam::123456789012:role/chain", "--session-duration", "2h"], "at most 1h"),
+])
+def test_the_server_refuses_a_bad_assume_role_arn(args: list[str], message: str) -> None:
+    code, out = run(*SERVER, *args)
+    assert code == 2
+    assert message in out

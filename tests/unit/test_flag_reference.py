@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -27,12 +28,22 @@ def test_committed_flag_reference_is_current() -> None:
     assert committed == generator.render(), "docs/flags.md is stale: run scripts/flag-reference"
 
 
+def _commands(group: click.Group, ctx: click.Context, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    """Every command, a group's own commands too (`certs init`), with its name after `podiam`."""
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        yield prefix + name, command
+        if isinstance(command, click.Group):
+            yield from _commands(command, click.Context(command, info_name=name, parent=ctx), f"{prefix}{name} ")
+
+
 def test_every_option_of_every_command_is_on_the_page() -> None:
     page = _generator().render()
     root = click.Context(main, info_name="podiam", **main.context_settings)
-    for name in main.list_commands(root):
-        command = main.get_command(root, name)
-        assert command is not None
+    names = [name for name, _ in _commands(main, root)]
+    assert "certs init" in names
+    for name, command in _commands(main, root):
         assert f"## podiam {name}" in page
         for param in command.get_params(click.Context(command, parent=root)):
             if isinstance(param, click.Option):

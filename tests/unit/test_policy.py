@@ -270,6 +270,25 @@ def test_kiam_permitted_is_anchored_over_the_whole_arn(pattern: str, role: str, 
     assert allowed(rules({"iam.amazonaws.com/permitted": pattern}), BASE + role) is expected
 
 
+@pytest.mark.parametrize(("pattern", "role", "expected"), [
+    ("reader", "reader", True),                  # searched: anywhere in the ARN
+    ("team-", "my-team-a", True),
+    ("^team-", "team-a", False),                 # an explicit anchor still anchors
+    (":role/team-.*$", "team-a", True),
+    ("team-", "other", False),
+])
+def test_kiam_permitted_is_searched_with_strict_regexp_disabled(pattern: str, role: str, expected: bool) -> None:
+    settings = RestrictionSettings(enabled=True, strict_permitted_regexp=False)
+    r = parse_namespace_rules("shop", {"iam.amazonaws.com/permitted": pattern}, settings, BASE)
+    assert allowed(r, BASE + role) is expected
+
+
+def test_kube2iam_entries_are_unchanged_by_the_kiam_flag() -> None:
+    settings = RestrictionSettings(enabled=True, strict_permitted_regexp=False)
+    r = parse_namespace_rules("shop", {"iam.amazonaws.com/allowed-roles": '["team-*"]'}, settings, BASE)
+    assert allowed(r, BASE + "team-a") and not allowed(r, BASE + "my-team-a")
+
+
 def test_either_annotation_may_permit() -> None:
     r = rules({"iam.amazonaws.com/allowed-roles": '["a"]', "iam.amazonaws.com/permitted": ".*/b"})
     assert allowed(r, BASE + "a")

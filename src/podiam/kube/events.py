@@ -228,10 +228,11 @@ class EventRecorder:
 
     # -- the request path: memory only ---------------------------------------------------
 
-    def warn(self, pod: PodInfo, reason: str, message: str) -> None:
-        """Record one occurrence of ``reason`` for ``pod``; the writer writes it. Never raises."""
+    def warn(self, pod: PodInfo, reason: str, message: str, occurrences: int = 1) -> None:
+        """Record ``occurrences`` (one, or a split agent's aggregated count) of ``reason`` for ``pod``;
+        the writer writes them. Never raises."""
         try:
-            self._record(_Subject.of_pod(pod), reason, message)
+            self._record(_Subject.of_pod(pod), reason, message, occurrences)
         except Exception:
             # A bug here must not turn a refused credentials request into a 500.
             log.exception("event occurrence not recorded", reason=reason, pod=pod.ref)
@@ -259,7 +260,7 @@ class EventRecorder:
         """
         self._wake.set()
 
-    def _record(self, subject: _Subject, reason: str, message: str) -> None:
+    def _record(self, subject: _Subject, reason: str, message: str, occurrences: int = 1) -> None:
         if self._closing:
             return  # the writer is flushing or gone: a new entry would never be written
         key = (subject.key, reason)
@@ -267,12 +268,13 @@ class EventRecorder:
         message = message[:MAX_MESSAGE]
         entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry(subject=subject, reason=reason, message=message, first=moment, last=moment, pending=1)
+            entry = _Entry(subject=subject, reason=reason, message=message, first=moment, last=moment,
+                           pending=occurrences)
             self._track(key, entry)
             self._schedule(entry, now)
             return
         self._entries.move_to_end(key)
-        entry.pending += 1
+        entry.pending += occurrences
         entry.message, entry.last = message, moment
         due = now if entry.last_write is None else max(now, entry.last_write + self._interval)
         if entry.ticket is not None or due > now:

@@ -17,6 +17,7 @@ from typing import Protocol
 from podiam.credentials import Identity
 from podiam.errors import IdentityError, PodAmbiguous, PodNotFound
 from podiam.pods import PodEntry, PodInfo
+from podiam.waiters import Waiters
 
 
 class IndexListener(Protocol):
@@ -37,7 +38,7 @@ class PodIndex:
         """hostNetwork pod uid -> its IP, which is one of the node's own addresses."""
         self._host_ips = self._static_host_ips
         """All of them, as one set: the request path checks every caller against it."""
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: Waiters[str] = Waiters()
         self._listeners: list[IndexListener] = []
         self.synced = asyncio.Event()
         """Set once the first full list has been applied; cleared never (re-lists replace in place)."""
@@ -85,7 +86,7 @@ class PodIndex:
         self._by_uid[pod.uid] = entry
         assert pod.ip is not None  # active pods have an IP
         self._by_ip.setdefault(pod.ip, {})[pod.uid] = entry
-        self._wake(pod.ip)
+        self._waiters.wake(pod.ip)
         if old is None or not old.same_decision(entry):
             for listener in self._listeners:
                 listener.pod_active(entry)
@@ -121,6 +122,10 @@ class PodIndex:
 
     # -- lookups, from the metadata endpoint ---------------------------------------------
 
+    def by_uid(self, uid: str) -> PodEntry | None:
+        """The active pod with ``uid``, if this index holds it."""
+        return self._by_uid.get(uid)
+
     def lookup(self, ip: str) -> PodEntry:
         """The one active pod with ``ip``; PodNotFound or PodAmbiguous otherwise."""
         by_uid = self._by_ip.get(ip)
@@ -144,17 +149,12 @@ class PodIndex:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.setdefault(ip, set()).add(waiter)
             try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
+                await self._waiters.wait(ip, deadline)
             except TimeoutError:
                 raise PodNotFound(
                     f"no pod with IP {ip} is running on this node (waited {timeout:g}s for the pod watch)"
                 ) from None
-            finally:
-                self._discard_waiter(ip, waiter)
             try:
                 return self.lookup(ip)
             except PodNotFound:
@@ -182,14 +182,3 @@ class PodIndex:
             for listener in self._listeners:
                 listener.pod_gone(entry)
 
-    def _wake(self, ip: str) -> None:
-        for waiter in self._waiters.pop(ip, ()):
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _discard_waiter(self, ip: str, waiter: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(ip)
-        if waiters is not None:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[ip]

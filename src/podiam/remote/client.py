@@ -3,8 +3,9 @@ Split mode's agent side of the stream: one WatchNode stream at a time into the m
 reconnecting with the shared back-off, to the next address of --server-address when it
 breaks, resuming from the last change applied.
 
-This is the agent's only RPC, made once per connection, never per metadata request:
-``podiam_remote_rpcs_total`` counts them, so a metric shows the request path makes none.
+WatchNode is made once per connection, never per metadata request: ``podiam_remote_rpcs_total``
+counts them, so a metric shows the request path makes none. The only other RPC, the refusal
+reports (remote/reports.py), runs in the background on the open stream's channel.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class ServerStream:
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._rng = rng
         self._next = 0
+        self.channel: grpc.aio.Channel | None = None
+        """The open stream's channel (to the server serving this node), for the refusal reports."""
 
     async def run(self) -> None:
         failures = 0
@@ -116,6 +119,7 @@ class ServerStream:
                             error=(detail or "")[:200], retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
             finally:
+                self.channel = None
                 self._mirror.connected = False
                 self._metrics.connected.set(0)
 
@@ -142,6 +146,7 @@ class ServerStream:
                 async with asyncio.timeout(s.first_update_timeout):
                     first = await anext(stream)
                 self._apply(first, address)
+                self.channel = channel
                 async for update in stream:
                     self._apply(update, address)
             except StopAsyncIteration:

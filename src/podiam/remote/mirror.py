@@ -25,6 +25,7 @@ from podiam.errors import CredentialsError, IdentityError, NoServerReachable, Po
 from podiam.pods import PodEntry, PodInfo
 from podiam.remote import podiam_pb2 as pb
 from podiam.remote.wire import identity_from_wire, outcome_from_wire, pod_from_wire
+from podiam.waiters import Waiters
 
 
 class MirroredIndex(Protocol):
@@ -65,7 +66,7 @@ class Mirror:
         self._creds: dict[Identity, Credentials] = {}
         self._valid_until: dict[Identity, dt.datetime] = {}
         self._failures: dict[Identity, CredentialsError] = {}
-        self._waiters: dict[Identity, set[asyncio.Future[None]]] = {}
+        self._waiters: Waiters[Identity] = Waiters()
         self._margin = dt.timedelta(seconds=expiry_margin)
         self._credentials_wait = credentials_wait
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -119,20 +120,11 @@ class Mirror:
             failure = self._failures.get(identity)
             if failure is not None:
                 raise type(failure)(str(failure))
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.setdefault(identity, set()).add(waiter)
             try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
+                await self._waiters.wait(identity, deadline)
             except TimeoutError:
                 where = "from the podiam server" if self.connected else "(no podiam server is reachable)"
                 raise StsUnavailable(f"no credentials for role {identity.role_arn} yet {where}") from None
-            finally:
-                waiters = self._waiters.get(identity)
-                if waiters is not None:
-                    waiters.discard(waiter)
-                    if not waiters:
-                        del self._waiters[identity]
 
     # -- the stream -------------------------------------------------------------------------------
 
@@ -199,9 +191,7 @@ class Mirror:
             self._failures[identity] = outcome
             self._creds.pop(identity, None)
             self._valid_until.pop(identity, None)
-        for waiter in self._waiters.pop(identity, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._waiters.wake(identity)
 
     def _decision(self, pod: PodInfo) -> Identity:
         """The pod index's ``decide``: what the server decided for ``pod``."""

@@ -57,6 +57,92 @@ class WatchNodeRequest(_message.Message):
 Global___WatchNodeRequest: _TypeAlias = WatchNodeRequest  # noqa: Y015
 
 @_typing.final
+class ReportedRefusal(_message.Message):
+    """One (pod, event reason) as the agent aggregated it since its last report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_UID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    pod_uid: _builtins.str
+    namespace: _builtins.str
+    name: _builtins.str
+    reason: _builtins.str
+    """An event reason of decision.REFUSALS (IAMRoleForbidden, IAMCredentialsFailed, ...)."""
+    message: _builtins.str
+    """The latest occurrence's message."""
+    count: _builtins.int
+    """Occurrences since the last report (at least 1)."""
+    def __init__(
+        self,
+        *,
+        pod_uid: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "message", b"message", "name", b"name", "namespace", b"namespace", "pod_uid", b"pod_uid", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportedRefusal: _TypeAlias = ReportedRefusal  # noqa: Y015
+
+@_typing.final
+class ReportRefusalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportedRefusal]: ...
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        refusals: _abc.Iterable[Global___ReportedRefusal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "refusals", b"refusals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportRefusalsRequest: _TypeAlias = ReportRefusalsRequest  # noqa: Y015
+
+@_typing.final
+class ReportRefusalsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    IGNORED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Refusals recorded as events."""
+    ignored: _builtins.int
+    """Refusals ignored: a pod not on the named node as the server knows it, or an unknown reason."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+        ignored: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignored", b"ignored", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportRefusalsReply: _TypeAlias = ReportRefusalsReply  # noqa: Y015
+
+@_typing.final
 class ResumePoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class PodiamStub:
                 request_serializer=podiam_dot_remote_dot_podiam__pb2.WatchNodeRequest.SerializeToString,
                 response_deserializer=podiam_dot_remote_dot_podiam__pb2.NodeUpdate.FromString,
                 _registered_method=True)
+        self.ReportRefusals = channel.unary_unary(
+                '/podiam.v1.Podiam/ReportRefusals',
+                request_serializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsRequest.SerializeToString,
+                response_deserializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsReply.FromString,
+                _registered_method=True)
 
 
 class PodiamServicer:
@@ -50,6 +55,15 @@ class PodiamServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRefusals(self, request, context):
+        """The agent's refusals that a pod's owner can act on, for the server to write as Warning
+        events (the agent has no Kubernetes access). Sent in the background, never while a pod
+        waits; the server records only pods it knows on the named node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PodiamServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_PodiamServicer_to_server(servicer, server):
                     servicer.WatchNode,
                     request_deserializer=podiam_dot_remote_dot_podiam__pb2.WatchNodeRequest.FromString,
                     response_serializer=podiam_dot_remote_dot_podiam__pb2.NodeUpdate.SerializeToString,
+            ),
+            'ReportRefusals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRefusals,
+                    request_deserializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsRequest.FromString,
+                    response_serializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class Podiam:
             '/podiam.v1.Podiam/WatchNode',
             podiam_dot_remote_dot_podiam__pb2.WatchNodeRequest.SerializeToString,
             podiam_dot_remote_dot_podiam__pb2.NodeUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRefusals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podiam.v1.Podiam/ReportRefusals',
+            podiam_dot_remote_dot_podiam__pb2.ReportRefusalsRequest.SerializeToString,
+            podiam_dot_remote_dot_podiam__pb2.ReportRefusalsReply.FromString,
             options,
             channel_credentials,
             insecure,

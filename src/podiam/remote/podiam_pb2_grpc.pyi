@@ -45,11 +45,21 @@ class PodiamStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PodiamAsyncStub: ...
     WatchNode: _grpc.UnaryStreamMultiCallable[_podiam_pb2.WatchNodeRequest, _podiam_pb2.NodeUpdate]
+    ReportRefusals: _grpc.UnaryUnaryMultiCallable[_podiam_pb2.ReportRefusalsRequest, _podiam_pb2.ReportRefusalsReply]
+    """The agent's refusals that a pod's owner can act on, for the server to write as Warning
+    events (the agent has no Kubernetes access). Sent in the background, never while a pod
+    waits; the server records only pods it knows on the named node.
+    """
 
 @_typing.type_check_only
 class PodiamAsyncStub(PodiamStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     WatchNode: _aio.UnaryStreamMultiCallable[_podiam_pb2.WatchNodeRequest, _podiam_pb2.NodeUpdate]  # type: ignore[assignment]
+    ReportRefusals: _aio.UnaryUnaryMultiCallable[_podiam_pb2.ReportRefusalsRequest, _podiam_pb2.ReportRefusalsReply]  # type: ignore[assignment]
+    """The agent's refusals that a pod's owner can act on, for the server to write as Warning
+    events (the agent has no Kubernetes access). Sent in the background, never while a pod
+    waits; the server records only pods it knows on the named node.
+    """
 
 class PodiamServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -58,5 +68,16 @@ class PodiamServicer(metaclass=_abc_1.ABCMeta):
         request: _podiam_pb2.WatchNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_podiam_pb2.NodeUpdate], _abc.AsyncIterator[_podiam_pb2.NodeUpdate]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportRefusals(
+        self,
+        request: _podiam_pb2.ReportRefusalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_podiam_pb2.ReportRefusalsReply, _abc.Awaitable[_podiam_pb2.ReportRefusalsReply]]:
+        """The agent's refusals that a pod's owner can act on, for the server to write as Warning
+        events (the agent has no Kubernetes access). Sent in the background, never while a pod
+        waits; the server records only pods it knows on the named node.
+        """
 
 def add_PodiamServicer_to_server(servicer: PodiamServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 import structlog
@@ -22,6 +22,7 @@ from podiam.observability.metrics import Metrics
 from podiam.remote import podiam_pb2 as pb
 from podiam.remote import podiam_pb2_grpc as pb_grpc
 from podiam.remote.feed import ClusterFeed
+from podiam.remote.reports import RefusalRecorder, refusals_from_wire
 from podiam.remote.tls import TlsFiles, is_client_certificate, server_credentials
 
 log = structlog.stdlib.get_logger(__name__)
@@ -56,24 +57,52 @@ class ServerMetrics:
         self.changes = Counter("podiam_server_changes_sent_total", "Changes sent to agents.",
                                registry=metrics.registry)
         self.refused = Counter("podiam_server_streams_refused_total",
-                               "Streams refused after the handshake, by reason.", ["reason"],
+                               "Calls refused after the handshake, by reason.", ["reason"],
                                registry=metrics.registry)
+        self.refusals = Counter("podiam_server_reported_refusals_total",
+                                "Refusals agents reported, by outcome: recorded (as a Warning event) or ignored "
+                                "(pod not on the agent's node, unknown reason, events off).", ["outcome"],
+                                registry=metrics.registry)
+
+
+MAX_REPORTED_COUNT = 10_000
+"""Occurrences one reported refusal may add to an event: an agent cannot inflate counts at will."""
 
 
 class PodiamService(pb_grpc.PodiamServicer):
-    def __init__(self, feed: ClusterFeed, metrics: ServerMetrics) -> None:
-        self._feed, self._metrics = feed, metrics
+    def __init__(self, feed: ClusterFeed, metrics: ServerMetrics, refusals: RefusalRecorder | None = None) -> None:
+        """refusals: writes the agents' reported refusals as events; None (--no-pod-events) ignores them."""
+        self._feed, self._metrics, self._refusals = feed, metrics, refusals
 
-    async def WatchNode(  # the RPC's name in podiam.proto
-        self, request: pb.WatchNodeRequest, context: grpc.aio.ServicerContext[pb.WatchNodeRequest, pb.NodeUpdate],
-    ) -> AsyncIterator[pb.NodeUpdate]:
+    async def _check_caller(self, node: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Every RPC: an agent's client certificate, and the node it speaks for."""
         peer_certs = list(context.auth_context().get("x509_pem_cert", []))
         if not peer_certs or not is_client_certificate(peer_certs[0]):
             self._metrics.refused.labels("not_client_certificate").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the certificate has no clientAuth extended key usage")
-        if not request.node:
+        if not node:
             self._metrics.refused.labels("no_node").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "WatchNode needs the node's name")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request needs the node's name")
+
+    async def ReportRefusals(  # the RPC's name in podiam.proto
+        self, request: pb.ReportRefusalsRequest,
+        context: grpc.aio.ServicerContext[pb.ReportRefusalsRequest, pb.ReportRefusalsReply],
+    ) -> pb.ReportRefusalsReply:
+        await self._check_caller(request.node, context)
+        recorded = ignored = 0
+        for refusal in refusals_from_wire(request, MAX_REPORTED_COUNT):
+            if self._refusals is not None and self._refusals.record(request.node, refusal):
+                recorded += 1
+            else:
+                ignored += 1
+        self._metrics.refusals.labels("recorded").inc(recorded)
+        self._metrics.refusals.labels("ignored").inc(ignored)
+        return pb.ReportRefusalsReply(recorded=recorded, ignored=ignored)
+
+    async def WatchNode(  # the RPC's name in podiam.proto
+        self, request: pb.WatchNodeRequest, context: grpc.aio.ServicerContext[pb.WatchNodeRequest, pb.NodeUpdate],
+    ) -> AsyncIterator[pb.NodeUpdate]:
+        await self._check_caller(request.node, context)
         resume = request.resume if request.HasField("resume") and request.resume.epoch else None
         sub = self._feed.subscribe(request.node, resume)
         peer = context.peer()  # read now: the context must not be touched once the call has ended
@@ -93,9 +122,10 @@ class PodiamService(pb_grpc.PodiamServicer):
 
 
 class GrpcServer:
-    """``async with GrpcServer(feed, files, settings, metrics) as server:`` serves until exit."""
+    """``async with GrpcServer(feed, files, settings, metrics, refusals) as server:`` serves until exit."""
 
-    def __init__(self, feed: ClusterFeed, files: TlsFiles, settings: ServiceSettings, metrics: Metrics) -> None:
+    def __init__(self, feed: ClusterFeed, files: TlsFiles, settings: ServiceSettings, metrics: Metrics,
+                 refusals: RefusalRecorder | None = None) -> None:
         self._settings = settings
         self._server = grpc.aio.server(options=[
             ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
@@ -106,7 +136,7 @@ class GrpcServer:
             ("grpc.max_connection_age_ms", ms(settings.max_connection_age)),
             ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace)),
         ])
-        pb_grpc.add_PodiamServicer_to_server(PodiamService(feed, ServerMetrics(metrics)), self._server)
+        pb_grpc.add_PodiamServicer_to_server(PodiamService(feed, ServerMetrics(metrics), refusals), self._server)
         self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
         if not self._port:
             raise ConfigError(f"--bind: cannot listen on {settings.bind}")

@@ -19,8 +19,10 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from aiobotocore.config import AioConfig
+from aiobotocore.credentials import AioCredentialResolver, AioRefreshableCredentials
 from aiobotocore.session import AioSession, get_session
 from botocore.configprovider import ConfigChainFactory
+from botocore.credentials import CredentialProvider
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -39,6 +41,15 @@ from podiam.settings import StsSettings
 
 UNAVAILABLE_CODE = "Unavailable"
 """The error code recorded (metrics, the cache's state view) for StsUnavailable, which has none."""
+
+CHAIN_SESSION_NAME = "podiam"
+"""RoleSessionName of the --assume-role-arn session (CloudTrail shows it as the pod calls' caller)."""
+
+CHAIN_DURATION = 3600
+"""Seconds asked for the --assume-role-arn session: a role's default maximum session."""
+
+MAX_CHAINED_DURATION = 3600.0
+"""Seconds: AWS caps a session assumed with another role's credentials (role chaining) at 1 h."""
 
 _MESSAGE_LIMIT = 300
 """STS error messages are quoted in our errors, truncated: they name principals and
@@ -85,11 +96,36 @@ class StsAssumer:
             self._client = await stack.enter_async_context(
                 session.create_client("sts", region_name=self._region, config=config)
             )
+            if self._settings.assume_role_arn is not None:
+                self._client = await stack.enter_async_context(self._chained_client(self._client, config))
         except BotoCoreError as e:
             await stack.aclose()
             raise _map_error(e, what="create the STS client") from e
         self._stack = stack
         return self
+
+    def _chained_client(self, base: Any, config: AioConfig) -> Any:
+        """--assume-role-arn (kiam's chain): a client for the pod roles whose credentials are
+        ``base``'s AssumeRole of that role, which botocore refreshes ahead of their expiry
+        (15 minutes before; a failed early refresh keeps the old ones until 10 minutes before)."""
+        arn = self._settings.assume_role_arn
+        what = f"assume the --assume-role-arn role {arn}"
+
+        async def chain_credentials() -> dict[str, str]:
+            try:
+                async with asyncio.timeout(self._settings.call_timeout):
+                    response = await base.assume_role(RoleArn=arn, RoleSessionName=CHAIN_SESSION_NAME,
+                                                      DurationSeconds=CHAIN_DURATION)
+            except (ClientError, BotoCoreError, TimeoutError) as e:
+                raise _map_error(e, what=what, deadline=self._settings.call_timeout) from e
+            c = response["Credentials"]
+            return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"], "token": c["SessionToken"],
+                    "expiry_time": _as_utc(c["Expiration"]).isoformat()}
+
+        session = AioSession()
+        _prefer_endpoint_choice(session, regional=self._settings.regional_endpoint)
+        session.register_component("credential_provider", AioCredentialResolver([_ChainProvider(chain_credentials)]))
+        return session.create_client("sts", region_name=self._region, config=config)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -126,6 +162,9 @@ class StsAssumer:
             error = _map_error(e, what=what, deadline=self._settings.call_timeout)
             self._metrics.sts_errors.labels(role=role, code=error_code(error)).inc()
             raise error from e
+        except CredentialsError as e:  # the --assume-role-arn session could not be had
+            self._metrics.sts_errors.labels(role=role, code=error_code(e)).inc()
+            raise
         finally:
             self._metrics.sts_latency.observe(time.perf_counter() - started)
         c = response["Credentials"]
@@ -143,6 +182,19 @@ class StsAssumer:
         if self._client is None:
             raise RuntimeError("StsAssumer is used outside its 'async with' block")
         return self._client
+
+
+class _ChainProvider(CredentialProvider):  # type: ignore[misc]  # botocore is untyped
+    METHOD = "podiam-assume-role-arn"
+    CANONICAL_NAME = "podiam-assume-role-arn"
+
+    def __init__(self, fetch: Any) -> None:
+        super().__init__()
+        self._fetch = fetch
+
+    async def load(self) -> AioRefreshableCredentials:
+        return AioRefreshableCredentials.create_from_metadata(await self._fetch(), refresh_using=self._fetch,
+                                                              method=self.METHOD)
 
 
 def _prefer_endpoint_choice(session: AioSession, *, regional: bool) -> None:
