@@ -3,6 +3,7 @@ What the test world needs for split mode besides processes: the mutual-TLS files
 server's certificate, the agent's), and the routing of one agent command line onto the two
 processes (policy flags to ``podiam server``, node-local flags to ``podiam agent``).
 
+The certificates are ``podiam certs init``'s, run as a process and used as it writes them.
 The routing's knowledge of which flags are the server's comes from podiam's own CLI
 (``FlagRoute`` is built from it by the caller: the sandbox does not import podiam), so the
 world cannot disagree with what a split agent refuses.
@@ -10,14 +11,14 @@ world cannot disagree with what a split agent refuses.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import trustme
-
 SERVER_NAME = "podiam-server"
-"""The name in the server's certificate, as a Service's would be; agents pass it as --server-name."""
+"""A name in the server's certificate (`podiam certs init`'s default Service name); agents pass it as --server-name."""
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,37 @@ class FlagRoute:
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM files of one split-mode deployment, as ``podiam server``/``agent`` take them."""
+    """PEM files of one split-mode deployment, as ``podiam certs init`` writes them."""
 
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    agent_cert: Path
-    agent_key: Path
+    directory: Path
+
+    @property
+    def server(self) -> tuple[str, str, str]:
+        """The server's --cert, --key and --ca (the CA that signs agent certificates)."""
+        return self._leaf("server")
+
+    @property
+    def agent(self) -> tuple[str, str, str]:
+        """The agent's --cert, --key and --ca (the CA that signs the server's certificate)."""
+        return self._leaf("agent")
+
+    def _leaf(self, name: str) -> tuple[str, str, str]:
+        d = self.directory / name
+        return str(d / "tls.crt"), str(d / "tls.key"), str(d / "ca.crt")
 
 
-def write_tls_files(directory: Path, server_hosts: Sequence[str] = (SERVER_NAME, "127.0.0.1")) -> TlsFiles:
-    """A new CA, a server certificate for ``server_hosts`` and an agent certificate, in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA(organization_name="podiam sandbox")
-    server = ca.issue_cert(*server_hosts)
-    agent = ca.issue_cert("podiam-agent")  # trustme's leaves carry clientAuth and serverAuth
-    files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key",
-                     directory / "agent.crt", directory / "agent.key")
-    ca.cert_pem.write_to_path(str(files.ca))
-    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
-    server.private_key_pem.write_to_path(str(files.server_key))
-    agent.cert_chain_pems[0].write_to_path(str(files.agent_cert))
-    agent.private_key_pem.write_to_path(str(files.agent_key))
-    for key in (files.server_key, files.agent_key):
-        key.chmod(0o600)
-    return files
+async def podiam_certs(directory: Path, timeout: float = 60.0) -> TlsFiles:
+    """A new CA, server and agent certificate in ``directory``, by ``podiam certs init``, used as is.
+
+    Its server certificate names ``podiam-server`` (SERVER_NAME) and 127.0.0.1, where the
+    world's servers listen.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "podiam", "certs", "init", "--out", str(directory), "--server-ip", "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+    )
+    async with asyncio.timeout(timeout):
+        out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"podiam certs init exited with {process.returncode}: {out.decode(errors='replace')}")
+    return TlsFiles(directory)

@@ -41,7 +41,7 @@ from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
 from podiam_sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
-from podiam_sandbox.split import SERVER_NAME, FlagRoute, TlsFiles, write_tls_files
+from podiam_sandbox.split import SERVER_NAME, FlagRoute, TlsFiles, podiam_certs
 from podiam_sandbox.sts import MotoSts
 
 NODE_NAME = "node-1"
@@ -52,6 +52,11 @@ AGENT_STOP_TIMEOUT = 20.0
 _BIN = Path(sys.executable).parent
 Mode = Literal["agent", "split"]
 MODES: tuple[Mode, ...] = ("agent", "split")
+
+
+def _tls_flags(files: tuple[str, str, str]) -> list[str]:
+    cert, key, ca = files
+    return ["--cert", cert, "--key", key, "--ca", ca]
 
 
 class WorldError(Exception):
@@ -278,7 +283,7 @@ class World:
         self.mode: Mode = mode
         self._flag_route = flag_route
         self.tls: TlsFiles | None = None
-        """Split mode's certificates: one CA per world, a server and an agent certificate."""
+        """Split mode's certificates, from `podiam certs init`: one CA per world, a server and an agent leaf."""
         self._stack = contextlib.AsyncExitStack()
         self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
         self.agents: list[AgentProcess] = []
@@ -306,7 +311,7 @@ class World:
             self._stack.push_async_callback(self.kube.close)
             self._stack.push_async_callback(self._stop_agents)
             if self.mode == "split":
-                self.tls = write_tls_files(self._tmp / "tls")
+                self.tls = await podiam_certs(self._tmp / "tls")
         except BaseException:
             await self._stack.aclose()
             raise
@@ -416,7 +421,7 @@ class World:
             sys.executable, "-m", "podiam", "server",
             "--kubeconfig", str(self.kubeconfig),
             "--bind", f"127.0.0.1:{free_port()}",
-            "--cert", str(self.tls.server_cert), "--key", str(self.tls.server_key), "--ca", str(self.tls.ca),
+            *_tls_flags(self.tls.server),
             "--metrics-port", str(metrics_port),
             "--base-role-arn", BASE_ARN,
             "--metadata-addr", self.node_imds_addr,
@@ -462,7 +467,7 @@ class World:
             "--metadata-addr", self.node_imds_addr,
             "--server-address", server.address,
             "--server-name", SERVER_NAME,
-            "--cert", str(self.tls.agent_cert), "--key", str(self.tls.agent_key), "--ca", str(self.tls.ca),
+            *_tls_flags(self.tls.agent),
             *(["--iptables"] if iptables else []),
             *agent_flags,
         ]  # fmt: skip
