@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import click
 import pytest
 import pytest_asyncio
+from cli_flags import flag_route
 
-from podiam import cli
-from podiam_sandbox.split import FlagRoute
 from podiam_sandbox.world import MODES, Mode, World
 
 
@@ -50,21 +48,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="module")
 def mode(request: pytest.FixtureRequest) -> Mode:
     return getattr(request, "param", "agent")  # type: ignore[no-any-return]
-
-
-def flag_route() -> FlagRoute:
-    """Which agent flags are the server's in split mode: the CLI's own list, SERVER_POLICY_FLAGS."""
-    server: set[str] = set()
-    valued: set[str] = set()
-    for param in cli.agent.params:
-        if not isinstance(param, click.Option):
-            continue
-        strings = [*param.opts, *param.secondary_opts]
-        if param.name in cli.SERVER_POLICY_FLAGS:
-            server.update(strings)
-        if not param.is_flag:
-            valued.update(strings)
-    return FlagRoute(server=frozenset(server), valued=frozenset(valued))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
