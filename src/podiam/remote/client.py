@@ -129,6 +129,9 @@ class ServerStream:
             ("grpc.ssl_target_name_override", s.server_name or host_of(address)),
             ("grpc.keepalive_time_ms", ms(s.keepalive_time)),
             ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout)),
+            # gRPC core times a keepalive ping's ack out by the ping timeout (default 1 min), not
+            # keepalive_timeout_ms (grpc/grpc#39239): without it a hung server holds the agent.
+            ("grpc.http2.ping_timeout_ms", ms(s.keepalive_timeout)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]

@@ -167,12 +167,20 @@ class Mirror:
             pod, decision = pod_from_wire(message, self.node)
             self._decisions[pod.uid], self._pods[pod.uid] = decision, pod
         self._set_host(snap.host.ips)
+        self.host_identity = identity_from_wire(snap.host_identity) if snap.HasField("host_identity") else None
+        # A snapshot from a new server (restarted, or another replica) lacks what it has not fetched
+        # yet. Credentials still valid here are the identity's all the same: kept for the identities
+        # the snapshot's pods use until the server's own arrive, or requests fail for nothing.
+        in_use = {d for d in self._decisions.values() if isinstance(d, Identity)} | {self.host_identity}
+        kept = {i: c for i in in_use if i is not None and (c := self.fresh(i)) is not None}
         self._creds.clear()
         self._valid_until.clear()
         self._failures.clear()
+        for identity, creds in kept.items():
+            self._creds[identity] = creds
+            self._valid_until[identity] = creds.expiration - self._margin
         for outcome in snap.credentials:
             self._set_outcome(outcome)
-        self.host_identity = identity_from_wire(snap.host_identity) if snap.HasField("host_identity") else None
         self._index.replace([*self._pods.values(), *self._host_pods.values()])
         self.synced.set()
 
