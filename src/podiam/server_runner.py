@@ -152,7 +152,8 @@ class Server(RootTasks):
             cache.subscribe(feed.outcome)
             # Issuance is recorded where credentials are served: on the agents.
             issuance = IssuanceLog("", log_writer)
-            prefetch = PrefetchWhenIndexed(cache, pods, issuance, events or NoEvents(), self.metrics)
+            prefetch = PrefetchWhenIndexed(cache, pods, issuance, events if events is not None else NoEvents(),
+                                           self.metrics)
             pods.subscribe(_Listeners(feed, prefetch, _PrefetchWhenBound(cache, pods)))
             stack.push_async_callback(self._stop_tasks)
             watches = self._start_watches(client, pods, namespaces, s.kube)
