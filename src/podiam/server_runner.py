@@ -163,7 +163,7 @@ class Server(RootTasks):
             service = ServiceSettings(bind=s.bind)
             grpc_server = await stack.enter_async_context(
                 GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics,
-                           AgentRefusals(pods, events) if events is not None else None))
+                           AgentRefusals(pods, events) if events is not None else None, synced=pods.synced.is_set))
             ops = await start_site(make_ops_app(self.metrics, ready.reason), s.metrics.bind_address, s.metrics.port,
                                    1.0)
             stack.push_async_callback(ops.cleanup)
