@@ -152,7 +152,8 @@ class Server(RootTasks):
             cache.subscribe(feed.outcome)
             # Issuance is recorded where credentials are served: on the agents.
             issuance = IssuanceLog("", log_writer)
-            prefetch = PrefetchWhenIndexed(cache, pods, issuance, events or NoEvents(), self.metrics)
+            prefetch = PrefetchWhenIndexed(cache, pods, issuance, events if events is not None else NoEvents(),
+                                           self.metrics)
             pods.subscribe(_Listeners(feed, prefetch, _PrefetchWhenBound(cache, pods)))
             stack.push_async_callback(self._stop_tasks)
             watches = self._start_watches(client, pods, namespaces, s.kube)
@@ -162,7 +163,7 @@ class Server(RootTasks):
             service = ServiceSettings(bind=s.bind)
             grpc_server = await stack.enter_async_context(
                 GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics,
-                           AgentRefusals(pods, events) if events is not None else None))
+                           AgentRefusals(pods, events) if events is not None else None, synced=pods.synced.is_set))
             ops = await start_site(make_ops_app(self.metrics, ready.reason), s.metrics.bind_address, s.metrics.port,
                                    1.0)
             stack.push_async_callback(ops.cleanup)

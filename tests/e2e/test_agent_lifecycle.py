@@ -1,7 +1,6 @@
 """
 Agent configurations and lifecycle through the real DNAT path: default role, IMDSv2
-required, the iptables rule across restarts and at SIGTERM, requests that arrive before
-their pod's watch event, draining at shutdown, and logs that never hold a secret.
+required, the iptables rule across restarts and at SIGTERM, draining at shutdown, and logs that never hold a secret.
 Each test runs its own agent; only one agent holds the rule at a time.
 """
 
@@ -15,7 +14,7 @@ import pytest
 
 from podiam.node.iptables import DnatRule, remove_rule, rule_count
 from podiam_sandbox.netns import PodHttpError
-from podiam_sandbox.world import ACCOUNT, AgentProcess, World, free_port, wait_until
+from podiam_sandbox.world import ACCOUNT, AgentProcess, World, established_from, free_port, wait_until
 from sdk_probes import PROBES, probe_caller_arn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -25,16 +24,6 @@ CREDS = "/latest/meta-data/iam/security-credentials/"
 
 def rule_for(world: World, app_port: int) -> DnatRule:
     return DnatRule(interface=world.net.bridge_name, host_ip=world.net.gateway_ip, host_port=app_port)
-
-
-async def established_from(ip: str, port: int) -> bool:
-    """Whether a TCP connection from ``ip`` to our ``port`` is open (the request is in flight)."""
-    ss = await asyncio.create_subprocess_exec(
-        "ss", "-Htn", "state", "established", f"( sport = :{port} )", stdout=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(5):
-        out, _ = await ss.communicate()
-    return f"{ip}:" in out.decode()
 
 
 async def test_the_default_role_serves_unannotated_pods(world: World) -> None:
@@ -110,22 +99,6 @@ async def test_a_rule_deleted_while_the_agent_runs_is_restored_counted_and_told_
     finally:
         assert await agent.stop() == 0
     assert await rule_count(rule) == 0  # the guard stopped first: the removal at shutdown stands
-
-
-async def test_a_request_before_the_pods_watch_event_is_answered_within_the_wait(world: World) -> None:
-    port = free_port()
-    agent = await world.start_agent("--pod-wait", "5s", app_port=port)
-    try:
-        pod = await world.add_pod("early-bird", "team-c", register=False)
-        request = asyncio.create_task(pod.http("GET", CREDS))
-        await wait_until(lambda: established_from(pod.ip, port), what="the pod's request to reach the agent")
-        assert not request.done()
-        await world.register(pod, role="role-early")
-        async with asyncio.timeout(10):
-            resp = await request
-        assert (resp.status, resp.body) == (200, b"role-early")
-    finally:
-        assert await agent.stop() == 0
 
 
 async def test_shutdown_lets_in_flight_requests_finish(world: World) -> None:

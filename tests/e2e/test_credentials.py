@@ -2,6 +2,10 @@
 Through the real DNAT path, with real SDKs inside pods: each pod gets its own role and only
 that; the node's credentials and user-data stay out of reach; IMDSv2 works; IP reuse and
 early requests are handled; STS is called once per identity.
+
+Every test runs in both modes (conftest.py): agent mode, and split mode, where a
+``podiam server`` holds the API and STS access and the agent, holding neither, streams from it.
+The split-mode-only tests at the end check that last part on the running processes.
 """
 
 from __future__ import annotations
@@ -10,22 +14,35 @@ import asyncio
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from podiam_sandbox.node_imds import NODE_ACCESS_KEY_ID, NODE_INSTANCE_PROFILE_ID, NODE_ROLE_NAME, NODE_USER_DATA
-from podiam_sandbox.world import ACCOUNT, BASE_ARN, AgentProcess, World, WorldPod, wait_until
+from podiam_sandbox.world import (
+    ACCOUNT,
+    BASE_ARN,
+    AgentProcess,
+    PodiamProcess,
+    World,
+    WorldPod,
+    established_from,
+    wait_until,
+)
 from sdk_probes import PROBES, probe_caller_arn
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.modes("agent", "split")]
+SPLIT_ONLY = pytest.mark.modes("split", why="the split agent's and server's separation is split mode's own subject")
 
 CREDS = "/latest/meta-data/iam/security-credentials/"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def agent(world: World) -> AsyncIterator[AgentProcess]:
-    agent = await world.start_agent()
+    # -X importtime: the split agent logs every module it loads, for the botocore check below.
+    agent = await world.start_agent("--pod-wait", "5s",
+                                    interpreter_flags=("-X", "importtime") if world.mode == "split" else ())
     yield agent
     assert await agent.stop() == 0
 
@@ -48,6 +65,12 @@ async def request_counts(agent: AgentProcess) -> dict[str, float]:
     prefix = "podiam_imds_request_duration_seconds_count{"
     return {line[len(prefix):].rsplit("} ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in (await agent.metrics()).splitlines() if line.startswith(prefix)}
+
+
+async def samples(process: PodiamProcess) -> dict[str, float]:
+    """Every sample on the process's /metrics, by name and labels."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in (await process.metrics()).splitlines() if line and not line.startswith("#")}
 
 
 async def test_boto3_in_each_pod_is_its_own_role(pods: dict[str, WorldPod]) -> None:
@@ -197,16 +220,99 @@ async def test_a_pod_reusing_a_deleted_pods_ip_gets_its_own_role(world: World, a
     assert listing.body == b"role-b"
 
 
+async def test_a_request_before_the_pods_watch_event_is_answered_within_the_wait(
+    world: World, agent: AgentProcess
+) -> None:
+    port = int(agent.option("--app-port"))
+    pod = await world.add_pod("early-bird", "team-c", register=False)
+    request = asyncio.create_task(pod.http("GET", CREDS))
+    await wait_until(lambda: established_from(pod.ip, port), what="the pod's request to reach the agent")
+    assert not request.done()
+    await world.register(pod, role="role-early")
+    async with asyncio.timeout(10):  # within the agent's --pod-wait of 5s
+        resp = await request
+    assert (resp.status, resp.body) == (200, b"role-early")
+
+
 async def test_metrics_on_their_own_port_count_what_happened(pods: dict[str, WorldPod], agent: AgentProcess) -> None:
     assert (await pods["a"].http("GET", CREDS + "role-a")).status == 200
-    text = await agent.metrics()
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
-    assert samples["podiam_pod_index_synced"] == 1
-    assert samples["podiam_pods_indexed"] >= 3
-    assert samples["podiam_credential_cache_hits_total"] >= 1
-    assert samples[f'podiam_sts_assume_role_calls_total{{role="{BASE_ARN}role-a"}}'] >= 1
-    assert samples['podiam_imds_request_duration_seconds_count{route="credentials",status="200"}'] >= 1
-    assert samples['podiam_imds_refusals_total{reason="role_mismatch"}'] >= 1
+    served = await samples(agent)
+    assert served['podiam_imds_request_duration_seconds_count{route="credentials",status="200"}'] >= 1
+    assert served['podiam_imds_refusals_total{reason="role_mismatch"}'] >= 1
+    # The pod watch and STS: the agent's own in agent mode, the server's in split mode.
+    decided = await samples(agent.policy_process)
+    assert decided["podiam_pod_index_synced"] == 1
+    assert decided["podiam_pods_indexed"] >= 3
+    assert decided[f'podiam_sts_assume_role_calls_total{{role="{BASE_ARN}role-a"}}'] >= 1
     # Never on the port pods are sent to.
     assert (await pods["a"].http("GET", "/metrics")).status == 404
+
+
+@pytest.mark.modes("agent", why="a split agent has no credential cache: it serves from the server's stream")
+async def test_requests_are_answered_from_the_credential_cache(pods: dict[str, WorldPod], agent: AgentProcess) -> None:
+    before = (await samples(agent))["podiam_credential_cache_hits_total"]
+    assert (await pods["a"].http("GET", CREDS + "role-a")).status == 200
+    assert (await samples(agent))["podiam_credential_cache_hits_total"] == before + 1
+
+
+def environ(pid: int) -> dict[str, str]:
+    """A running process's environment, as the kernel holds it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode(errors="replace").split("\0") if "=" in entry)
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+@SPLIT_ONLY
+async def test_the_split_agent_holds_no_aws_or_kubernetes_access(agent: AgentProcess) -> None:
+    assert agent.server is not None
+    agent_env, server_env = environ(agent.pid), environ(agent.server.pid)
+    assert sorted(k for k in agent_env if k.startswith("AWS_") or k == "KUBECONFIG") == []
+    assert not set(cmdline(agent.pid)) & {"--kubeconfig", "--base-role-arn"}
+    # The same readings see the server's access: the check can fail.
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_STS"} <= set(server_env)
+    assert "--kubeconfig" in cmdline(agent.server.pid)
+
+
+@SPLIT_ONLY
+async def test_only_the_server_calls_sts_once_per_identity(world: World, pods: dict[str, WorldPod],
+                                                           agent: AgentProcess) -> None:
+    assert agent.server is not None
+    assert await pods["a"].boto3_caller_arn() == assumed("role-a", pods["a"])
+    calls = await world.sts.assume_role_calls()
+    identities = [(c.role_arn, c.session_name) for c in calls]
+    assert (BASE_ARN + "role-a", "team-a.reader-app") in identities
+    assert len(identities) == len(set(identities))  # prefetched once per identity, never per request
+    # Every AssumeRole moto answered was the server's: its count is moto's, the agent's is none.
+    server_calls = {k: v for k, v in (await samples(agent.server)).items()
+                    if k.startswith("podiam_sts_assume_role_calls_total")}
+    assert sum(server_calls.values()) == len(calls)
+    agent_samples = await samples(agent)
+    assert not [k for k in agent_samples if k.startswith("podiam_sts_assume_role_calls_total")]
+    assert agent_samples["podiam_sts_assume_role_duration_seconds_count"] == 0
+
+
+@SPLIT_ONLY
+async def test_the_request_path_makes_no_rpc(pods: dict[str, WorldPod], agent: AgentProcess) -> None:
+    before = await samples(agent)
+    results = await asyncio.gather(*(pods["b"].http("GET", CREDS + "role-b") for _ in range(10)))
+    assert {r.status for r in results} == {200}
+    after = await samples(agent)
+    served = 'podiam_imds_request_duration_seconds_count{route="credentials",status="200"}'
+    assert after[served] - before[served] == 10
+    assert after["podiam_remote_rpcs_total"] == before["podiam_remote_rpcs_total"] == 1  # the one WatchNode
+    assert after["podiam_remote_connected"] == 1
+
+
+@SPLIT_ONLY
+async def test_the_split_agent_never_imports_botocore_or_the_kubernetes_client(
+    pods: dict[str, WorldPod], agent: AgentProcess
+) -> None:
+    assert await pods["b"].boto3_caller_arn() == assumed("role-b", pods["b"])  # the request path has run
+    # Python's -X importtime: one line per module the agent process imported, from its start until now.
+    imported = {line.split("|")[-1].strip() for line in agent.logs().splitlines() if line.startswith("import time:")}
+    assert {"grpc", "podiam.remote.mirror", "podiam.imds.fast_server"} <= imported  # the record is there
+    roots = {name.split(".")[0] for name in imported}
+    assert roots & {"botocore", "aiobotocore", "boto3", "lightkube", "httpx2"} == set()

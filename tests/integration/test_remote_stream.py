@@ -328,3 +328,28 @@ async def test_replaced_certificate_files_apply_to_new_connections(
         write(Path(path).parent, Path(path).name, blob)
     new_agent = leaf_files(tmp_path, new_ca, "new-agent", new_ca.issue_cert("agent"), new_ca)
     assert (await watch_once(server.address, channel_credentials(new_agent))).HasField("snapshot")
+
+
+async def test_a_server_that_has_not_listed_the_pods_sends_agents_elsewhere(
+        server_files: TlsFiles, agent_files: TlsFiles) -> None:
+    """A replica that has just started would otherwise snapshot an empty node, and its agents
+    would drop every pod they know (requests 404 until the list arrived)."""
+    policy = RolePolicy.from_settings(RoleSettings(), BASE)
+    fresh_feed = ClusterFeed(FeedLimits(change_log=50, send_queue=50), policy.host_identity, prefetch=lambda i: None)
+    listed = False
+    async with GrpcServer(fresh_feed, server_files, ServiceSettings(bind="127.0.0.1:0"), Metrics(),
+                          synced=lambda: listed) as unlisted:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await watch_once(f"localhost:{unlisted.port}", channel_credentials(agent_files))
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        # An agent that knows its pods (from another replica) keeps them while this one refuses it.
+        agent = make_agent([f"localhost:{unlisted.port}"], agent_files)
+        agent.mirror.apply(pb.NodeUpdate(resume=pb.ResumePoint(epoch="e", sequence=1), snapshot=pb.Snapshot(
+            pods=[pb.Pod(uid="u", namespace="team", name="a", ip="10.0.0.5",
+                         identity=pb.Identity(role_arn=BASE + "role-a", session_name="team.a"))])))
+        async with agent:
+            await until(lambda: agent.metrics.registry.get_sample_value(
+                "podiam_remote_stream_failures_total", {"code": "UNAVAILABLE"}) is not None, "a refused stream")
+            assert agent.mirror.lookup("10.0.0.5").identity == Identity(BASE + "role-a", "team.a")
+            listed = True
+            await until(lambda: agent.mirror.connected, "the stream once the replica has listed its pods")

@@ -3,6 +3,12 @@ A whole node on one machine, for the demo and the end-to-end tests: a Kubernetes
 emulator, moto as STS, a stand-in for the node's own IMDS, pods as network namespaces on
 a bridge, and the real ``podiam agent`` process with its real iptables rule.
 
+In split mode (``World(mode="split", flag_route=...)``) each agent comes with its own
+``podiam server`` process, which holds what the agent then does not: the kubeconfig, STS's
+address and the AWS credentials. The agent's environment is built from nothing (no AWS_*
+variable, no KUBECONFIG, an empty HOME) and it is given only node-local flags; the world
+checks both before starting it.
+
 Pods are registered in the API the way a kubelet would report them (spec.nodeName,
 status.podIP, phase Running), through a real Kubernetes client, so the agent sees exactly
 the events a cluster would send it. SDKs run inside the pods with no credentials of their
@@ -24,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiohttp
 import lightkube
@@ -35,6 +41,7 @@ from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
 from podiam_sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
+from podiam_sandbox.split import SERVER_NAME, FlagRoute, TlsFiles, podiam_certs
 from podiam_sandbox.sts import MotoSts
 
 NODE_NAME = "node-1"
@@ -43,6 +50,13 @@ BASE_ARN = f"arn:aws:iam::{ACCOUNT}:role/"
 AGENT_START_TIMEOUT = 30.0
 AGENT_STOP_TIMEOUT = 20.0
 _BIN = Path(sys.executable).parent
+Mode = Literal["agent", "split"]
+MODES: tuple[Mode, ...] = ("agent", "split")
+
+
+def _tls_flags(files: tuple[str, str, str]) -> list[str]:
+    cert, key, ca = files
+    return ["--cert", cert, "--key", key, "--ca", ca]
 
 
 class WorldError(Exception):
@@ -70,6 +84,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))  # noqa: S104 - probing, not serving
         return int(s.getsockname()[1])
+
+
+async def established_from(ip: str, port: int) -> bool:
+    """Whether a TCP connection from ``ip`` to our ``port`` is open (a pod's request is in flight)."""
+    ss = await asyncio.create_subprocess_exec(
+        "ss", "-Htn", "state", "established", f"( sport = :{port} )", stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(5):
+        out, _ = await ss.communicate()
+    return f"{ip}:" in out.decode()
 
 
 @dataclass
@@ -117,8 +141,11 @@ def _caller_arn(result: CommandResult, what: str) -> str:
         raise WorldError(f"{what} printed no caller identity: {result.stdout[:300]!r}") from e
 
 
-class AgentProcess:
-    """A running ``podiam agent``; its log goes to a file that tests and the demo can read."""
+class PodiamProcess:
+    """A running podiam command (``agent`` or ``server``); its log goes to a file that tests and
+    the demo can read."""
+
+    what = "podiam"
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, metrics_port: int) -> None:
         self.argv, self._env, self.log_path, self.metrics_port = argv, env, log_path, metrics_port
@@ -130,9 +157,13 @@ class AgentProcess:
 
     @property
     def pid(self) -> int:
-        """The agent's process id (for /proc readings); it runs in this process, not a wrapper."""
-        assert self._process is not None, "the agent was not started"
+        """The process id (for /proc readings); podiam runs in this process, not a wrapper."""
+        assert self._process is not None, f"the {self.what} was not started"
         return self._process.pid
+
+    def option(self, flag: str) -> str:
+        """The value given to ``flag`` on the command line (``--app-port``, ``--metrics-port``)."""
+        return self.argv[self.argv.index(flag) + 1]
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -150,7 +181,8 @@ class AgentProcess:
 
             async def ready() -> bool:
                 if self.returncode is not None:
-                    raise WorldError(f"the agent exited with {self.returncode} at start:\n{self.logs()[-3000:]}")
+                    raise WorldError(f"the {self.what} exited with {self.returncode} at start:\n"
+                                     f"{self.logs()[-3000:]}")
                 try:
                     async with session.get(url) as resp:
                         return resp.status == 200
@@ -158,7 +190,7 @@ class AgentProcess:
                     return False
 
             try:
-                await wait_until(ready, timeout, "the agent to be ready")
+                await wait_until(ready, timeout, f"the {self.what} to be ready")
             except WorldError as e:
                 raise WorldError(f"{e}:\n{self.logs()[-3000:]}") from None
 
@@ -168,7 +200,7 @@ class AgentProcess:
             return await resp.text()
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = AGENT_STOP_TIMEOUT) -> int:
-        """Signal the agent and wait for it to exit; returns its exit code."""
+        """Signal the process and wait for it to exit; returns its exit code."""
         process = self._process
         if process is None:
             return 0
@@ -180,7 +212,42 @@ class AgentProcess:
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise WorldError(f"the agent did not stop within {timeout:g}s of signal {sig}") from None
+            raise WorldError(f"the {self.what} did not stop within {timeout:g}s of signal {sig}") from None
+
+
+class ServerProcess(PodiamProcess):
+    """A running ``podiam server`` (split mode), serving one world's agents."""
+
+    what = "server"
+
+    @property
+    def address(self) -> str:
+        """host:port of its gRPC service."""
+        return self.option("--bind")
+
+
+class AgentProcess(PodiamProcess):
+    """A running ``podiam agent``; in split mode with the ``server`` it streams from."""
+
+    what = "agent"
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, metrics_port: int,
+                 server: ServerProcess | None = None) -> None:
+        super().__init__(argv, env, log_path, metrics_port)
+        self.server = server
+
+    @property
+    def policy_process(self) -> PodiamProcess:
+        """The process that runs the policy and calls STS: the server in split mode, else the agent."""
+        return self.server or self
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = AGENT_STOP_TIMEOUT) -> int:
+        """Stop the agent, then its server; the agent's exit code, or the server's if only it failed."""
+        code = await super().stop(sig, timeout)
+        if self.server is not None:
+            server_code = await self.server.stop(timeout=timeout)
+            return code or server_code
+        return code
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -208,8 +275,15 @@ async def _terminate(process: asyncio.subprocess.Process) -> None:
 class World:
     """``async with World() as world:`` builds the node; everything is removed on exit."""
 
-    def __init__(self, node_name: str = NODE_NAME) -> None:
+    def __init__(self, node_name: str = NODE_NAME, *, mode: Mode = "agent",
+                 flag_route: FlagRoute | None = None) -> None:
+        if mode == "split" and flag_route is None:
+            raise WorldError("split mode needs the CLI's flag route, to give each flag to the server or the agent")
         self.node_name = node_name
+        self.mode: Mode = mode
+        self._flag_route = flag_route
+        self.tls: TlsFiles | None = None
+        """Split mode's certificates, from `podiam certs init`: one CA per world, a server and an agent leaf."""
         self._stack = contextlib.AsyncExitStack()
         self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
         self.agents: list[AgentProcess] = []
@@ -236,6 +310,8 @@ class World:
             self.kube = lightkube.AsyncClient(lightkube.KubeConfig.from_file(self.kubeconfig))
             self._stack.push_async_callback(self.kube.close)
             self._stack.push_async_callback(self._stop_agents)
+            if self.mode == "split":
+                self.tls = await podiam_certs(self._tmp / "tls")
         except BaseException:
             await self._stack.aclose()
             raise
@@ -310,16 +386,95 @@ class World:
         return [*argv, *extra]
 
     async def start_agent(self, *extra: str, iptables: bool = True, app_port: int | None = None,
-                          env: Mapping[str, str] | None = None) -> AgentProcess:
-        """Start ``podiam agent`` for this node and wait until it is ready."""
+                          env: Mapping[str, str] | None = None,
+                          interpreter_flags: Sequence[str] = ()) -> AgentProcess:
+        """Start ``podiam agent`` for this node with the flags ``extra`` and wait until it is ready.
+
+        In split mode, first a ``podiam server`` of its own, given those of ``extra`` that are
+        the server's (policy, STS, events), and the agent the rest; ``env`` is the agent's.
+        ``interpreter_flags`` go to the agent's Python (``-X importtime``).
+        """
+        if self.mode == "split":
+            return await self._start_split_agent(extra, iptables=iptables, app_port=app_port, env=env,
+                                                 interpreter_flags=interpreter_flags)
         metrics_port = free_port()
         argv = self.agent_argv(*extra, app_port=app_port or free_port(),
                                metrics_port=metrics_port, iptables=iptables)
+        argv[1:1] = interpreter_flags
         agent_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
                      **self.sts.client_env(), **(env or {})}
         agent = AgentProcess(argv, agent_env, self._tmp / f"agent-{len(self.agents)}.log", metrics_port)
         self.agents.append(agent)
         await agent.start()
+        return agent
+
+    async def start_server(self, *flags: str) -> ServerProcess:
+        """Start ``podiam server`` for this world (split mode) and wait until it is ready.
+
+        The server alone gets what reaches the API and STS: the kubeconfig, STS's address and
+        the AWS credentials (moto's), in its own environment.
+        """
+        assert self.tls is not None, "a server needs split mode's certificates: World(mode='split')"
+        n = len(self.agents)
+        metrics_port = free_port()
+        argv = [
+            sys.executable, "-m", "podiam", "server",
+            "--kubeconfig", str(self.kubeconfig),
+            "--bind", f"127.0.0.1:{free_port()}",
+            *_tls_flags(self.tls.server),
+            "--metrics-port", str(metrics_port),
+            "--base-role-arn", BASE_ARN,
+            "--metadata-addr", self.node_imds_addr,
+            *flags,
+        ]  # fmt: skip
+        server_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **self.sts.client_env()}
+        server = ServerProcess(argv, server_env, self._tmp / f"server-{n}.log", metrics_port)
+        try:
+            await server.start()
+        except BaseException:
+            with contextlib.suppress(WorldError):
+                await server.stop()
+            raise
+        return server
+
+    def split_agent_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A split agent's whole environment, from nothing: no AWS credentials, STS address or kubeconfig."""
+        home = self._tmp / "agent-home"  # empty: no ~/.aws or ~/.kube to fall back on
+        home.mkdir(exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "HOME": str(home), **(extra or {})}
+        reaching = sorted(k for k in env if k.startswith("AWS_") or k == "KUBECONFIG")
+        if reaching:
+            raise WorldError(f"a split agent must not have {', '.join(reaching)}: the server holds those")
+        return env
+
+    async def _start_split_agent(self, extra: Sequence[str], *, iptables: bool, app_port: int | None,
+                                 env: Mapping[str, str] | None, interpreter_flags: Sequence[str]) -> AgentProcess:
+        assert self._flag_route is not None and self.tls is not None
+        server_flags, agent_flags = self._flag_route.split(extra)
+        reaching = sorted(set(agent_flags) & (self._flag_route.server | {"--kubeconfig"}))
+        if reaching:
+            raise WorldError(f"a split agent must not be given {', '.join(reaching)}: those are the server's")
+        agent_env = self.split_agent_env(env)  # checked before anything starts
+        server = await self.start_server(*server_flags)
+        metrics_port = free_port()
+        argv = [
+            sys.executable, *interpreter_flags, "-m", "podiam", "agent",
+            "--node", self.node_name,
+            "--app-port", str(app_port or free_port()),
+            "--metrics-port", str(metrics_port),
+            "--host-ip", self.net.gateway_ip,
+            "--host-interface", self.net.bridge_name,
+            "--metadata-addr", self.node_imds_addr,
+            "--server-address", server.address,
+            "--server-name", SERVER_NAME,
+            *_tls_flags(self.tls.agent),
+            *(["--iptables"] if iptables else []),
+            *agent_flags,
+        ]  # fmt: skip
+        agent = AgentProcess(argv, agent_env, self._tmp / f"agent-{len(self.agents)}.log", metrics_port,
+                             server=server)
+        self.agents.append(agent)
+        await agent.start()  # on failure, stopped with the world's agents, and its server with it
         return agent
 
     async def set_namespace(self, namespace: str, annotations: Mapping[str, str | None]) -> None:

@@ -8,7 +8,7 @@ name resolves to, as kiam's servers did.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -70,9 +70,11 @@ MAX_REPORTED_COUNT = 10_000
 
 
 class PodiamService(pb_grpc.PodiamServicer):
-    def __init__(self, feed: ClusterFeed, metrics: ServerMetrics, refusals: RefusalRecorder | None = None) -> None:
-        """refusals: writes the agents' reported refusals as events; None (--no-pod-events) ignores them."""
-        self._feed, self._metrics, self._refusals = feed, metrics, refusals
+    def __init__(self, feed: ClusterFeed, metrics: ServerMetrics, refusals: RefusalRecorder | None = None,
+                 synced: Callable[[], bool] = lambda: True) -> None:
+        """refusals: writes the agents' reported refusals as events; None (--no-pod-events) ignores them.
+        synced: whether the cluster's pods have been listed; until then no stream is served."""
+        self._feed, self._metrics, self._refusals, self._synced = feed, metrics, refusals, synced
 
     async def _check_caller(self, node: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Every RPC: an agent's client certificate, and the node it speaks for."""
@@ -103,6 +105,12 @@ class PodiamService(pb_grpc.PodiamServicer):
         self, request: pb.WatchNodeRequest, context: grpc.aio.ServicerContext[pb.WatchNodeRequest, pb.NodeUpdate],
     ) -> AsyncIterator[pb.NodeUpdate]:
         await self._check_caller(request.node, context)
+        if not self._synced():
+            # A replica that has not listed the pods yet would snapshot an empty node, and the
+            # agent would drop every pod it knows: it is sent to another replica instead.
+            self._metrics.refused.labels("not_synced").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "this podiam server has not listed the cluster's pods yet; try another replica")
         resume = request.resume if request.HasField("resume") and request.resume.epoch else None
         sub = self._feed.subscribe(request.node, resume)
         peer = context.peer()  # read now: the context must not be touched once the call has ended
@@ -125,18 +133,22 @@ class GrpcServer:
     """``async with GrpcServer(feed, files, settings, metrics, refusals) as server:`` serves until exit."""
 
     def __init__(self, feed: ClusterFeed, files: TlsFiles, settings: ServiceSettings, metrics: Metrics,
-                 refusals: RefusalRecorder | None = None) -> None:
+                 refusals: RefusalRecorder | None = None, *, synced: Callable[[], bool] = lambda: True) -> None:
         self._settings = settings
         self._server = grpc.aio.server(options=[
             ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
             ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
+            # As on the agent: core times a ping's ack out by this (default 1 min), not by
+            # keepalive_timeout_ms (grpc/grpc#39239), so a dead agent's stream would linger.
+            ("grpc.http2.ping_timeout_ms", ms(settings.keepalive_timeout)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.keepalive_time / 2)),
             ("grpc.http2.max_ping_strikes", 0),
             ("grpc.max_connection_age_ms", ms(settings.max_connection_age)),
             ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace)),
         ])
-        pb_grpc.add_PodiamServicer_to_server(PodiamService(feed, ServerMetrics(metrics), refusals), self._server)
+        service = PodiamService(feed, ServerMetrics(metrics), refusals, synced)
+        pb_grpc.add_PodiamServicer_to_server(service, self._server)
         self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
         if not self._port:
             raise ConfigError(f"--bind: cannot listen on {settings.bind}")
