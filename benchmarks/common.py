@@ -159,6 +159,17 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def side_threads_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid``'s threads other than its main one (gRPC's, botocore's...)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name != str(pid):
+            with contextlib.suppress(OSError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, MiB (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.models.core_v1 import Container, PodSpec, PodStatus
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
@@ -82,6 +82,29 @@ async def set_running(world: World, name: str, namespace: str, ip: str) -> None:
     await world.kube.patch(KubePod.Status, name, {"status": {
         "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
     }}, namespace=namespace, patch_type=PatchType.MERGE)
+
+
+API_POD_NAMESPACES = 10
+API_POD_ROLES = 20
+
+
+def api_pod_ip(i: int) -> str:
+    """Pod IPs outside the sandbox's bridge subnet: these pods are API objects only."""
+    return f"10.250.{i // 250}.{i % 250 + 1}"
+
+
+async def api_pod(world: World, i: int) -> None:
+    """Pod ``i``: Running with an IP in one write (the emulator keeps status on create; a real
+    API server does not), in one of 10 namespaces, with one of 20 roles; its own identity."""
+    namespace = f"ns-{i % API_POD_NAMESPACES}"
+    await world.ensure_namespace(namespace)
+    await world.kube.create(KubePod(
+        metadata=ObjectMeta(name=f"idle-{i}", namespace=namespace,
+                            annotations={ROLE_KEY: f"role-{i % API_POD_ROLES}"}),
+        spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=world.node_name,
+                     serviceAccountName="default"),
+        status=PodStatus(phase="Running", podIP=api_pod_ip(i)),
+    ))
 
 
 async def delete_pod(world: World, name: str, namespace: str) -> None:

@@ -10,10 +10,6 @@ import os
 import subprocess
 import time
 
-from lightkube.models.core_v1 import Container, PodSpec, PodStatus
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Pod as KubePod
-
 from benchmarks.common import (
     ScenarioResult,
     Target,
@@ -25,35 +21,15 @@ from benchmarks.common import (
     spawned,
     wait_for,
 )
-from benchmarks.node import bench_world, bounded, podclient, start_agent
+from benchmarks.node import API_POD_NAMESPACES, API_POD_ROLES, api_pod, bench_world, bounded, podclient, start_agent
 from benchmarks.profiles import Context
 from podiam_sandbox.world import World, free_port
 
 KEY = "memory"
 TITLE = "5. Memory and start (RSS and time to ready by pods on the node; RSS over a soak)"
-NAMESPACES = 10
-ROLES = 20
 RSS_TARGET_MB = 80.0
 FLAT_MB = 2.0
 """Soak: RSS growth after the warm-up up to this is reported as flat (Python's allocator moves by ~1 MB)."""
-
-
-def _ip(i: int) -> str:
-    """Pod IPs outside the sandbox's bridge subnet: these pods are API objects only."""
-    return f"10.250.{i // 250}.{i % 250 + 1}"
-
-
-async def _api_pod(world: World, i: int) -> None:
-    """A Running pod with an IP in one write (the emulator keeps status on create; a real API server does not)."""
-    namespace = f"ns-{i % NAMESPACES}"
-    await world.ensure_namespace(namespace)
-    await world.kube.create(KubePod(
-        metadata=ObjectMeta(name=f"idle-{i}", namespace=namespace,
-                            annotations={"iam.amazonaws.com/role": f"role-{i % ROLES}"}),
-        spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=world.node_name,
-                     serviceAccountName="default"),
-        status=PodStatus(phase="Running", podIP=_ip(i)),
-    ))
 
 
 async def _metrics(port: int) -> str:
@@ -110,7 +86,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     async with bench_world() as world:
         registered = 0
         for count in p.pod_counts:
-            await bounded([_api_pod(world, i) for i in range(registered, count)], limit=4)
+            await bounded([api_pod(world, i) for i in range(registered, count)], limit=4)
             registered = count
             runs = [await _start_once(world, ctx, count, r, result) for r in range(p.runs)]
             result.add(f"start.pods_{count}.ready_s", "s", [r[0] for r in runs],
@@ -130,9 +106,9 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         f"{peak:.1f} MiB; {empty:.1f} MiB with {min(p.pod_counts)} pods)",
         rss_top.max < RSS_TARGET_MB if top >= 500 else None))
     result.simplifications += [
-        f"Pods for the start figures are API objects only (Running, an IP outside the bridge subnet, {ROLES} roles "
-        f"over {NAMESPACES} namespaces, one identity per pod), created with their status in one write; the agent "
-        "lists them, indexes them and prefetches one AssumeRole per pod from moto.",
+        f"Pods for the start figures are API objects only (Running, an IP outside the bridge subnet, "
+        f"{API_POD_ROLES} roles over {API_POD_NAMESPACES} namespaces, one identity per pod), created with their "
+        "status in one write; the agent lists them, indexes them and prefetches one AssumeRole per pod from moto.",
         f"Each start is a fresh `podiam agent --iptables` process (no warm page cache effects beyond the first); "
         f"{p.runs} start(s) per pod count, stopped with SIGTERM between.",
     ]

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(200)]
+SMOKE_TIMEOUT = 180
+"""Seconds for the whole smoke run: about 65 s alone on 2 cores, 82 s measured while other
+test suites loaded the machine; seven scenarios each start their own node."""
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = {"hot_path", "sts_economy", "startup_burst", "app_impact", "memory", "churn"}
+SCENARIOS = {"hot_path", "sts_economy", "startup_burst", "app_impact", "memory", "churn", "split_mode"}
 
 
 def test_smoke_mode_reports_every_scenario_with_median_min_max(tmp_path: Path) -> None:
@@ -27,7 +30,7 @@ def test_smoke_mode_reports_every_scenario_with_median_min_max(tmp_path: Path) -
         pytest.skip(f"{' and '.join(missing)} not installed: run PODIAM_BENCH=1 scripts/setup")
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--mode", "smoke", "--results-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=110, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT, check=False,
     )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
