@@ -353,3 +353,28 @@ async def test_a_server_that_has_not_listed_the_pods_sends_agents_elsewhere(
             assert agent.mirror.lookup("10.0.0.5").identity == Identity(BASE + "role-a", "team.a")
             listed = True
             await until(lambda: agent.mirror.connected, "the stream once the replica has listed its pods")
+
+
+async def test_a_quiet_node_stays_connected_across_the_servers_connection_age(
+        server_files: TlsFiles, agent_files: TlsFiles) -> None:
+    """The server closes every connection after max_connection_age so agents re-resolve; on a
+    node where nothing changed, the resumed stream has nothing to send. It must still count as
+    open: not be abandoned as silent, nor make the agent refuse new pods as serverless."""
+    policy = RolePolicy.from_settings(RoleSettings(), BASE)
+    feed = ClusterFeed(FeedLimits(change_log=50, send_queue=50), policy.host_identity, prefetch=lambda i: None)
+    index = ClusterIndex(policy.identity)
+    index.subscribe(feed)
+    index.replace([pod("a", "10.0.0.5", "role-a")])
+    ageing = ServiceSettings(bind="127.0.0.1:0", max_connection_age=1.0, max_connection_age_grace=0.1)
+    async with GrpcServer(feed, server_files, ageing, Metrics()) as grpc_server:
+        metrics = Metrics()
+        mirror = Mirror(PodIndex, NODE)
+        stream = ServerStream(mirror, agent_files, StreamSettings(
+            (f"localhost:{grpc_server.port}",), first_update_timeout=0.5, retry_initial=0.05, retry_max=0.2), metrics)
+        async with Agent(mirror, stream, metrics):
+            rpcs = lambda: metrics.registry.get_sample_value("podiam_remote_rpcs_total") or 0  # noqa: E731
+            await until(lambda: rpcs() >= 3, "two resumed streams after the connection age")
+            timeouts = metrics.registry.get_sample_value("podiam_remote_stream_failures_total",
+                                                         {"code": "TimeoutError"})
+            assert timeouts is None, "a resumed stream with nothing to send was abandoned as silent"
+            await until(lambda: mirror.connected, "the resumed stream to count as open")

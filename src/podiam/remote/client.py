@@ -47,7 +47,8 @@ class StreamSettings:
     keepalive_timeout: float = 2.0
     """Seconds a ping may go unanswered before the connection is presumed dead."""
     first_update_timeout: float = 10.0
-    """Seconds a new stream has to deliver its first message (snapshot or resume); else it is abandoned."""
+    """Seconds a new stream has for the server to answer (its headers come as soon as it serves this
+    node, before any snapshot or change); else it is abandoned."""
     retry_initial: float = 0.2
     """Seconds before the first reconnect after a failure."""
     retry_max: float = 5.0
@@ -98,6 +99,8 @@ class ServerStream:
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._rng = rng
         self._next = 0
+        self._opened = False
+        """Whether the current attempt's stream was open (the server answered), for the back-off."""
         self.channel: grpc.aio.Channel | None = None
         """The open stream's channel (to the server serving this node), for the refusal reports."""
 
@@ -106,11 +109,14 @@ class ServerStream:
         while True:
             address = self._settings.addresses[self._next % len(self._settings.addresses)]
             self._next += 1
+            self._opened = False
             try:
                 await self._stream(address)
                 failures = 0  # the server ended it (max connection age): resume at once
             except (grpc.aio.AioRpcError, TimeoutError, PodiamError) as e:
-                failures += 1
+                # A stream that was open ended (the server's connection age arrives as UNAVAILABLE,
+                # a replica went away): the first retry is the shortest, as after any success.
+                failures = 1 if self._opened else failures + 1
                 code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
                 self._metrics.failures.labels(code).inc()
                 delay = self._backoff.delay(failures, self._rng())
@@ -144,23 +150,22 @@ class ServerStream:
                 request.resume.CopyFrom(self._mirror.resume)
             self._metrics.rpcs.inc()
             call = stub.WatchNode(request)
-            stream = aiter(call)
             try:
+                # The server answers with its headers once it serves this node (before a snapshot,
+                # and also when a resumed stream has nothing missed to send).
                 async with asyncio.timeout(s.first_update_timeout):
-                    first = await anext(stream)
-                self._apply(first, address)
-                self.channel = channel
-                async for update in stream:
-                    self._apply(update, address)
-            except StopAsyncIteration:
-                return
+                    await call.initial_metadata()
+                if not call.done():  # a call that failed also "has" its (empty) headers: its error follows
+                    self._open(address)
+                    self.channel = channel
+                async for update in call:
+                    self._mirror.apply(update)
             finally:
                 call.cancel()
 
-    def _apply(self, update: pb.NodeUpdate, address: str) -> None:
-        if not self._mirror.connected:
-            self._mirror.connected = True
-            self._metrics.connected.set(1)
-            log.info("podiam server stream open", address=address,
-                     snapshot=update.HasField("snapshot"), sequence=update.resume.sequence)
-        self._mirror.apply(update)
+    def _open(self, address: str) -> None:
+        self._opened = True
+        self._mirror.connected = True
+        self._metrics.connected.set(1)
+        resume = self._mirror.resume
+        log.info("podiam server stream open", address=address, resuming_from=resume.sequence if resume else None)

@@ -114,6 +114,9 @@ class PodiamService(pb_grpc.PodiamServicer):
         resume = request.resume if request.HasField("resume") and request.resume.epoch else None
         sub = self._feed.subscribe(request.node, resume)
         peer = context.peer()  # read now: the context must not be touched once the call has ended
+        # The stream is open from here, whether or not anything follows: a resumed stream of a
+        # quiet node may have nothing to send for a long time, and the agent must know it is served.
+        await context.send_initial_metadata(())
         log.info("agent connected", node=request.node, peer=peer, resumed=not sub.resync)
         self._metrics.streams.inc()
         try:
