@@ -5,17 +5,20 @@ processes (policy flags to ``podiam server``, node-local flags to ``podiam agent
 
 The certificates are ``podiam certs init``'s, run as a process and used as it writes them.
 The routing's knowledge of which flags are the server's comes from podiam's own CLI
-(``FlagRoute`` is built from it by the caller: the sandbox does not import podiam), so the
-world cannot disagree with what a split agent refuses.
+(``FlagRoute.from_click(cli.agent, cli.SERVER_POLICY_FLAGS)``, called by whoever imports the
+CLI: the e2e tests and the demo; the rest of the sandbox does not import podiam), so the world
+cannot disagree with what a split agent refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
 
 SERVER_NAME = "podiam-server"
 """A name in the server's certificate (`podiam certs init`'s default Service name); agents pass it as --server-name."""
@@ -29,6 +32,22 @@ class FlagRoute:
     """Option strings (``--base-role-arn``, its aliases, ``--no-pod-events``) the server takes instead."""
     valued: frozenset[str]
     """Option strings, of either process, followed by a value (``--pod-wait 5s``)."""
+
+    @classmethod
+    def from_click(cls, agent: click.Command, server_params: Collection[str]) -> FlagRoute:
+        """The route of ``podiam agent``'s options: those whose parameter name is in ``server_params``
+        (the CLI's SERVER_POLICY_FLAGS) are the server's, with all their option strings."""
+        server: set[str] = set()
+        valued: set[str] = set()
+        for param in agent.params:
+            if not isinstance(param, click.Option):
+                continue
+            strings = [*param.opts, *param.secondary_opts]
+            if param.name in server_params:
+                server.update(strings)
+            if not param.is_flag:
+                valued.update(strings)
+        return cls(server=frozenset(server), valued=frozenset(valued))
 
     def split(self, flags: Sequence[str]) -> tuple[list[str], list[str]]:
         """``flags`` as (the server's, the agent's), each option with its value, in order."""
