@@ -200,8 +200,6 @@ async def test_a_pod_beyond_its_rate_limit_gets_429(world: World, start: Start) 
     assert agent.logs().count("reason=rate_limited") == 1
 
 
-@pytest.mark.modes("agent", "split", split_gap="the stream's Pod carries no service account (remote/podiam.proto): "
-                  "a split agent's audit record has service_account None")
 async def test_the_audit_log_has_one_record_per_issuance_and_no_secret(
     world: World, start: Start, tmp_path: Path
 ) -> None:

@@ -162,6 +162,19 @@ def _known(mirror: Mirror, ip: str) -> bool:
     return True
 
 
+async def test_a_pods_service_account_reaches_the_mirror(server: Server, agent_files: TlsFiles) -> None:
+    # The agent's audit records name it (observability/audit.py): in a snapshot and in a change.
+    server.index.replace([pod("a", "10.0.0.5", "role-a", service_account="sa-a"), pod("plain", "10.0.0.6")])
+    async with make_agent([server.address], agent_files) as agent:
+        mirror = agent.mirror
+        await asyncio.wait_for(mirror.synced.wait(), 10)
+        assert mirror.lookup("10.0.0.5").pod.service_account == "sa-a"
+        assert mirror.lookup("10.0.0.6").pod.service_account is None  # none named: none, not ""
+        server.index.upsert(pod("b", "10.0.0.7", "role-b", service_account="sa-b"))
+        await until(lambda: _known(mirror, "10.0.0.7"), "pod b")
+        assert mirror.lookup("10.0.0.7").pod.service_account == "sa-b"
+
+
 async def test_a_refusal_is_answered_as_agent_mode_answers_it(server: Server, agent_files: TlsFiles) -> None:
     server.index.replace([pod("plain", "10.0.0.6"), pod("bad", "10.0.0.8", "not a role!")])
     async with make_agent([server.address], agent_files) as agent:

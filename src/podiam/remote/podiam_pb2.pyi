@@ -259,10 +259,13 @@ class Pod(_message.Message):
     IP_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     namespace: _builtins.str
     name: _builtins.str
     ip: _builtins.str
+    service_account: _builtins.str
+    """spec.serviceAccountName, for the agent's audit records; absent: the pod named none."""
     @_builtins.property
     def identity(self) -> Global___Identity: ...
     @_builtins.property
@@ -276,13 +279,19 @@ class Pod(_message.Message):
         ip: _builtins.str = ...,
         identity: Global___Identity | None = ...,
         refusal: Global___Refusal | None = ...,
+        service_account: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "identity", b"identity", "refusal", b"refusal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_service_account", b"_service_account", "decision", b"decision", "identity", b"identity", "refusal", b"refusal", "service_account", b"service_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "identity", b"identity", "ip", b"ip", "name", b"name", "namespace", b"namespace", "refusal", b"refusal", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_service_account", b"_service_account", "decision", b"decision", "identity", b"identity", "ip", b"ip", "name", b"name", "namespace", b"namespace", "refusal", b"refusal", "service_account", b"service_account", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__service_account: _TypeAlias = _typing.Literal["service_account"]  # noqa: Y015
+    _WhichOneofArgType__service_account: _TypeAlias = _typing.Literal["_service_account", b"_service_account"]  # noqa: Y015
     _WhichOneofReturnType_decision: _TypeAlias = _typing.Literal["identity", "refusal"]  # noqa: Y015
     _WhichOneofArgType_decision: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__service_account) -> _WhichOneofReturnType__service_account | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_decision) -> _WhichOneofReturnType_decision | None: ...
 
 Global___Pod: _TypeAlias = Pod  # noqa: Y015

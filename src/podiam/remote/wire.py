@@ -63,7 +63,8 @@ def outcome_from_wire(message: pb.IdentityCredentials) -> tuple[Identity, Creden
 
 def entry_to_wire(entry: PodEntry) -> pb.Pod:
     pod = entry.pod
-    message = pb.Pod(uid=pod.uid, namespace=pod.namespace, name=pod.name, ip=pod.ip or "")
+    message = pb.Pod(uid=pod.uid, namespace=pod.namespace, name=pod.name, ip=pod.ip or "",
+                     service_account=pod.service_account)
     if entry.identity is not None:
         message.identity.CopyFrom(identity_to_wire(entry.identity))
     else:
@@ -75,6 +76,7 @@ def entry_to_wire(entry: PodEntry) -> pb.Pod:
 def pod_from_wire(message: pb.Pod, node: str) -> tuple[PodInfo, Identity | IdentityError]:
     """The pod as the agent's index holds it, and its decision (an identity, or the error)."""
     pod = PodInfo(namespace=message.namespace, name=message.name, uid=message.uid, ip=message.ip or None,
+                  service_account=message.service_account if message.HasField("service_account") else None,
                   node=node)
     if message.HasField("identity"):
         return pod, identity_from_wire(message.identity)
