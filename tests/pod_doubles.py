@@ -1,13 +1,14 @@
-"""The pod index as the metadata endpoint's HTTP tests need it (tests/ is on sys.path)."""
+"""The pods as the metadata endpoint's HTTP tests need them (tests/ is on sys.path)."""
 
 from __future__ import annotations
 
-from podiam.kube.pod_index import PodIndex
+from podiam.imds.core import PodLookup
 from podiam.pods import PodEntry
 
 
 class LoopbackPods:
-    """A real PodIndex, except that loopback addresses may be pods' (core's PodLookup).
+    """A real PodIndex (or split mode's Mirror), except that loopback addresses may be pods'
+    (core's PodLookup).
 
     The HTTP tests serve their pods at 127.0.0.1: a test machine has no other address that a
     client can connect from. In the agent loopback is only ever the node itself, which
@@ -15,7 +16,7 @@ class LoopbackPods:
     else these tests ask the index itself.
     """
 
-    def __init__(self, index: PodIndex) -> None:
+    def __init__(self, index: PodLookup) -> None:
         self.index = index
 
     def lookup(self, ip: str) -> PodEntry:

@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 import trustme
 
+from pod_doubles import LoopbackPods
 from podiam.backoff import Backoff
 from podiam.credentials import Credentials, Identity
 from podiam.decision import REFUSALS
@@ -42,7 +43,7 @@ from podiam.kube.cluster_index import ClusterIndex
 from podiam.kube.pod_index import PodIndex
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
-from podiam.pods import PodEntry, PodInfo
+from podiam.pods import PodInfo
 from podiam.policy import SESSION_NAME_KEY, RolePolicy
 from podiam.prefetch import PrefetchWhenIndexed
 from podiam.remote.client import ServerStream, StreamSettings
@@ -256,23 +257,6 @@ class Replica:
 
 # -- the agent and its pods ----------------------------------------------------------------------
 
-class LoopbackMirror:
-    """The mirror as the endpoint's PodLookup, except that 127.0.0.x may be pods (the only
-    addresses a test machine can connect from); see tests/pod_doubles.py."""
-
-    def __init__(self, mirror: Mirror) -> None:
-        self.mirror = mirror
-
-    def lookup(self, ip: str) -> PodEntry:
-        return self.mirror.lookup(ip)
-
-    async def wait_for(self, ip: str, timeout: float) -> PodEntry:
-        return await self.mirror.wait_for(ip, timeout)
-
-    def is_host_ip(self, ip: str) -> bool:
-        return not ip.startswith("127.") and self.mirror.is_host_ip(ip)
-
-
 class Agent:
     """A split-mode agent of ``node``: stream, mirror, the real endpoint on 127.0.0.1."""
 
@@ -285,7 +269,7 @@ class Agent:
         kw = {"rng": rng} if rng is not None else {}
         self.stream = ServerStream(self.mirror, files, self.settings, self.metrics, **kw)
         self.imds = ImdsSettings(pod_wait=pod_wait)
-        deps = ImdsDeps(pods=LoopbackMirror(self.mirror), credentials=self.mirror, tokens=TokenIssuer(),
+        deps = ImdsDeps(pods=LoopbackPods(self.mirror), credentials=self.mirror, tokens=TokenIssuer(),
                         issuance=IssuanceLog(node), metrics=self.metrics, settings=self.imds, upstream=None,
                         ready=self.mirror.synced.is_set, limiter=RateLimiter(0))
         self._endpoint = FastServer(MetadataCore(deps), "127.0.0.1", 0, 1.0, settings=self.imds, metrics=self.metrics)
