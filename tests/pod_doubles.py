@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from podiam.credentials import Identity
 from podiam.imds.core import PodLookup
 from podiam.pods import PodEntry
 
@@ -24,6 +25,10 @@ class LoopbackPods:
 
     async def wait_for(self, ip: str, timeout: float) -> PodEntry:
         return await self.index.wait_for(ip, timeout)
+
+    @property
+    def host_identity(self) -> Identity | None:
+        return self.index.host_identity
 
     def is_host_ip(self, ip: str) -> bool:
         return not ip.startswith("127.") and self.index.is_host_ip(ip)

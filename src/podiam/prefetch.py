@@ -37,7 +37,7 @@ class PrefetchWhenIndexed:
     def __init__(self, cache: CredentialCache, index: IdentitiesInUse, issuance: IssuanceLog, events: EventSink,
                  metrics: Metrics) -> None:
         self._cache, self._index, self._issuance, self._events = cache, index, issuance, events
-        self._metrics = metrics
+        self._metrics = metrics.policy
 
     def pod_active(self, entry: PodEntry) -> None:
         decision = decide(entry)

@@ -248,9 +248,9 @@ class Agent(RootTasks):
             def decide(pod: PodInfo) -> Identity:
                 return policy.identity(pod, namespaces.rules(pod.namespace) if namespaces else None)
 
-            index = PodIndex(decide, host_ips=[s.node.host_ip] if s.node.host_ip else [])
-            index.subscribe(PrefetchWhenIndexed(cache, index, issuance, events, self.metrics))
             host_identity = policy.host_identity(s.kube.node_name)
+            index = PodIndex(decide, host_ips=[s.node.host_ip] if s.node.host_ip else [], host_identity=host_identity)
+            index.subscribe(PrefetchWhenIndexed(cache, index, issuance, events, self.metrics))
             if host_identity is not None:
                 cache.prefetch(host_identity)
             # Registered before any task exists: a failure later in start-up still stops them.
@@ -266,8 +266,7 @@ class Agent(RootTasks):
             limiter = RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked)
             deps = ImdsDeps(pods=index, credentials=cache, tokens=tokens, issuance=issuance,
                             metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
-                            limiter=limiter, events=events,
-                            host_identity=host_identity)
+                            limiter=limiter, events=events)
             debug = (lambda: debug_pods(index, cache)) if s.metrics.debug else None
             await self._serve(stack, deps, rule, guard, ready, debug=debug, node=s.kube.node_name, region=region,
                               sts_endpoint=assumer.endpoint_url, base_role_arn=base_arn,
@@ -275,8 +274,13 @@ class Agent(RootTasks):
 
     async def _serve(self, stack: contextlib.AsyncExitStack, deps: ImdsDeps, rule: DnatRule | None,
                      guard: RuleGuard | None, ready: Readiness, *,
-                     debug: Callable[[], list[dict[str, Any]]] | None = None, **facts: Any) -> None:
-        """Both modes' last steps: the endpoints, then the rule and its guard; serve until stopped."""
+                     debug: Callable[[], list[dict[str, Any]]] | None = None,
+                     drain: Callable[[], Awaitable[None]] | None = None, **facts: Any) -> None:
+        """Both modes' last steps: the endpoints, then the rule and its guard; serve until stopped.
+
+        drain: run at shutdown once the endpoint is stopped, before any task is (split mode's
+        refusal reports go out on the stream that is still open).
+        """
         s = self.settings
         stop_imds = await _start_metadata_server(stack, deps, s.imds)
         ops_site = await start_site(make_ops_app(self.metrics, ready.reason, debug), s.metrics.bind_address,
@@ -294,7 +298,7 @@ class Agent(RootTasks):
             await self._stop.wait()
             log.info("stopping")
         finally:
-            await self._shutdown(stop_imds, rule)
+            await self._shutdown(stop_imds, rule, drain)
 
     async def _run_split(self, stack: contextlib.AsyncExitStack, remote: RemoteSettings,
                          upstream: NodeMetadataClient, rule: DnatRule | None) -> None:
@@ -335,8 +339,9 @@ class Agent(RootTasks):
         deps = ImdsDeps(pods=mirror, credentials=mirror, tokens=TokenIssuer(max_remembered=s.imds.tokens_remembered),
                         issuance=issuance, metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                         limiter=RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked),
-                        events=reporter, host_identity=mirror.host_identity)
-        await self._serve(stack, deps, rule, guard, ready, node=s.kube.node_name, servers=remote.addresses)
+                        events=reporter)
+        await self._serve(stack, deps, rule, guard, ready, drain=reporter.flush, node=s.kube.node_name,
+                          servers=remote.addresses)
 
     def _start_watches(self, client: KubeClient, index: PodIndex,
                        namespaces: NamespaceIndex | None) -> list[ListWatcher]:
@@ -351,9 +356,12 @@ class Agent(RootTasks):
         namespaces.subscribe(index.decide_again)
         return self._spawn_watches(pods, (namespace_watcher(client, namespaces, kube, self.metrics), namespaces.synced))
 
-    async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None) -> None:
+    async def _shutdown(self, stop_imds: Callable[[], Awaitable[None]], rule: DnatRule | None,
+                        drain: Callable[[], Awaitable[None]] | None) -> None:
         self._stop.set()
         await stop_imds()  # stop accepting; in-flight requests finish within the grace
+        if drain is not None:
+            await drain()
         if self._guard is not None:  # stopped first: it would put back the rule removed below
             self._guard.cancel()
             await asyncio.wait([self._guard], timeout=self._task_stop_timeout)

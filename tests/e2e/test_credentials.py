@@ -289,9 +289,27 @@ async def test_only_the_server_calls_sts_once_per_identity(world: World, pods: d
     server_calls = {k: v for k, v in (await samples(agent.server)).items()
                     if k.startswith("podiam_sts_assume_role_calls_total")}
     assert sum(server_calls.values()) == len(calls)
-    agent_samples = await samples(agent)
-    assert not [k for k in agent_samples if k.startswith("podiam_sts_assume_role_calls_total")]
-    assert agent_samples["podiam_sts_assume_role_duration_seconds_count"] == 0
+    assert not [k for k in await samples(agent) if k.startswith("podiam_sts_")]
+
+
+@SPLIT_ONLY
+async def test_each_process_exports_the_series_of_what_it_runs(pods: dict[str, WorldPod],
+                                                              agent: AgentProcess) -> None:
+    """A split agent has no credential cache, STS client or watch; a server has no metadata
+    endpoint or rule. A series stuck at 0 there would read as 'no cache hits' or 'no STS
+    errors' on a dashboard: each process leaves out what it does not run."""
+    assert agent.server is not None
+    assert (await pods["a"].http("GET", CREDS + "role-a")).status == 200
+
+    def families(found: dict[str, float]) -> set[str]:
+        return {"_".join(k.split("{")[0].split("_")[:2]) for k in found}
+
+    agent_families, server_families = families(await samples(agent)), families(await samples(agent.server))
+    assert {"podiam_imds", "podiam_remote"} <= agent_families
+    assert agent_families & {"podiam_credential", "podiam_sts", "podiam_pods", "podiam_pod", "podiam_watch",
+                             "podiam_kube", "podiam_namespace"} == set()
+    assert {"podiam_credential", "podiam_sts", "podiam_watch", "podiam_server"} <= server_families
+    assert server_families & {"podiam_imds", "podiam_iptables", "podiam_remote"} == set()
 
 
 @SPLIT_ONLY

@@ -71,7 +71,7 @@ async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeApiEmulator, KubeSetti
 async def _endpoint(emulator: KubeApiEmulator, roles: RoleSettings, ip: str) -> Reply:
     """What the agent's endpoint answers ``ip``, its index fed the pods the emulator holds."""
     policy = RolePolicy.from_settings(roles, BASE)
-    index = PodIndex(policy.identity)
+    index = PodIndex(policy.identity, host_identity=policy.host_identity(NODE))
     pods = [PodInfo("ns", o["metadata"]["name"], o["metadata"]["uid"], o["status"]["podIP"], o["status"]["phase"],
                     host_network=bool(o["spec"].get("hostNetwork")), annotations=o["metadata"]["annotations"],
                     node=NODE)
@@ -79,7 +79,7 @@ async def _endpoint(emulator: KubeApiEmulator, roles: RoleSettings, ip: str) -> 
     index.replace(pods)
     deps = ImdsDeps(pods=index, credentials=Fresh(), tokens=TokenIssuer(), issuance=IssuanceLog(NODE),
                     metrics=Metrics(), settings=ImdsSettings(pod_wait=0), upstream=None, ready=lambda: True,
-                    limiter=RateLimiter(0), host_identity=policy.host_identity(NODE))
+                    limiter=RateLimiter(0))
     answer = MetadataCore(deps).answer(Request("GET", "/latest/meta-data/iam/security-credentials/", {}, ip))
     return answer if isinstance(answer, Reply) else await answer  # an unknown IP is waited for (0 s)
 

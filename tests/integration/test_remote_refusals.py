@@ -165,3 +165,55 @@ async def test_a_report_for_a_pod_on_another_node_is_ignored(world: World) -> No
     assert (reply.recorded, reply.ignored) == (0, 3)
     assert world.reported("ignored") == 3
     assert await world.events("other") == [] and await world.events("web") == []
+
+
+async def test_refusals_still_pending_at_shutdown_are_sent_before_the_stream_closes(world: World) -> None:
+    """A refusal made while no stream was open waits out the back-off; an agent stopping in
+    that time sends it when it drains (the runner calls flush before it stops the stream),
+    rather than dropping the event the pod's owner needs."""
+    world.index.replace([pod("web", "10.0.0.5", "reader")])
+    metrics = Metrics()
+    mirror = Mirror(PodIndex, NODE)
+    stream = ServerStream(mirror, world.agent_files, StreamSettings((world.address,), retry_initial=0.05,
+                                                                    retry_max=0.2), metrics)
+    open_channel = False
+    reporter = RefusalReporter(NODE, lambda: stream.channel if open_channel else None,
+                               ReportSettings(retry_initial=600, retry_max=600), metrics)
+    task = asyncio.create_task(stream.run(), name="test-stream")
+    try:
+        async with reporter:
+            await asyncio.wait_for(mirror.synced.wait(), 10)
+            web = mirror.lookup("10.0.0.5").pod
+            for _ in range(2):
+                reporter.warn(web, "IAMRoleForbidden", "asked for writer")
+
+            async def first_report_failed() -> bool:
+                return metrics.registry.get_sample_value("podiam_remote_report_failures_total",
+                                                         {"code": "no_stream"}) == 1
+
+            await until(first_report_failed, "the first report, made with no stream open")
+            open_channel = True  # the stream is up; the sender sleeps out its 600 s back-off
+            await reporter.flush()
+            assert len(reporter) == 0
+            assert metrics.registry.get_sample_value("podiam_remote_refusals_reported_total") == 2
+            assert metrics.registry.get_sample_value("podiam_remote_refusals_dropped_total",
+                                                     {"reason": "shutdown"}) is None
+
+            async def written() -> bool:
+                return [(e["reason"], e["count"]) for e in await world.events("web")] == [("IAMRoleForbidden", 2)]
+
+            await until(written, "the IAMRoleForbidden event written from the flushed report")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_refusals_that_cannot_be_sent_at_shutdown_are_counted_as_dropped(world: World) -> None:
+    metrics = Metrics()
+    reporter = RefusalReporter(NODE, lambda: None, ReportSettings(retry_initial=600, retry_max=600), metrics)
+    async with reporter:
+        reporter.warn(pod("web", "10.0.0.5", "reader"), "IAMRoleForbidden", "asked for writer")
+        reporter.warn(pod("web", "10.0.0.5", "reader"), "IAMRoleForbidden", "asked for writer")
+        await reporter.flush()
+    assert len(reporter) == 0
+    assert metrics.registry.get_sample_value("podiam_remote_refusals_dropped_total", {"reason": "shutdown"}) == 2

@@ -20,8 +20,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from podiam.credentials import Credentials, Identity
 from podiam.decision import decide, refusal
 from podiam.errors import NoRoleError, NoServerReachable, PodNotFound
+from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
+from podiam.imds.rate_limit import RateLimiter
+from podiam.imds.tokens import TokenIssuer
 from podiam.kube.cluster_index import ClusterIndex
 from podiam.kube.pod_index import PodIndex
+from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
 from podiam.pods import PodInfo
 from podiam.policy import RolePolicy
@@ -32,7 +36,7 @@ from podiam.remote.feed import ClusterFeed, FeedLimits
 from podiam.remote.mirror import Mirror
 from podiam.remote.server import GrpcServer, ServiceSettings
 from podiam.remote.tls import TlsFiles, channel_credentials
-from podiam.settings import RoleSettings
+from podiam.settings import ImdsSettings, RoleSettings
 
 BASE = "arn:aws:iam::123456789012:role/"
 NODE = "node-1"
@@ -391,3 +395,26 @@ async def test_a_quiet_node_stays_connected_across_the_servers_connection_age(
                                                          {"code": "TimeoutError"})
             assert timeouts is None, "a resumed stream with nothing to send was abandoned as silent"
             await until(lambda: mirror.connected, "the resumed stream to count as open")
+
+
+async def test_the_nodes_own_network_gets_the_host_identity_of_the_latest_snapshot(
+        server: Server, agent_files: TlsFiles) -> None:
+    """The endpoint reads the host identity from its pod lookup at each request. An agent that
+    started before any server answered (it then serves from an empty mirror) must serve
+    --host-network-role as soon as a snapshot brings it, not refuse it until restarted."""
+    host = Identity(BASE + "node-role", "hostnetwork.node-1")
+    server.index.replace([pod("a", "10.0.0.5", "role-a")])
+    server.feed.outcome(host, creds("AKIAHOST"))
+    agent = make_agent([server.address], agent_files)
+    deps = ImdsDeps(pods=agent.mirror, credentials=agent.mirror, tokens=TokenIssuer(), issuance=IssuanceLog(NODE),
+                    metrics=agent.metrics, settings=ImdsSettings(pod_wait=0.01), upstream=None, ready=lambda: True,
+                    limiter=RateLimiter(0))
+    core = MetadataCore(deps)  # built before the first snapshot, as the runner does after its wait
+    path = "/latest/meta-data/iam/security-credentials/"
+    before = core.answer(Request("GET", path, {}, "10.0.0.1"))
+    assert isinstance(before, Reply) and before.status == 403  # no snapshot yet: the node's network is refused
+    async with agent:
+        await asyncio.wait_for(agent.mirror.synced.wait(), 10)
+        reply = core.answer(Request("GET", path, {}, "10.0.0.1"))
+        assert isinstance(reply, Reply)
+        assert (reply.status, reply.body) == (200, b"node-role")

@@ -123,6 +123,11 @@ class PodLookup(KnownPods, Protocol):
 
     async def wait_for(self, ip: str, timeout: float) -> PodEntry: ...
 
+    @property
+    def host_identity(self) -> Identity | None:
+        """What the node's own network gets now (--host-network-role); None refuses it. Read
+        per request: in split mode it is the server's, and changes with its snapshots."""
+
 
 class CredentialSource(Protocol):
     """Where credentials come from: the local STS cache, or (split mode) a podiam server."""
@@ -163,8 +168,6 @@ class ImdsDeps:
     ready: Callable[[], bool]
     limiter: RateLimiter
     events: EventSink = field(default_factory=NoEvents)
-    host_identity: Identity | None = None
-    """What the node's own network gets (--host-network-role); None refuses it."""
 
 
 _STARTED = dt.datetime.now(dt.UTC)
@@ -198,6 +201,7 @@ Answer = Reply | Coroutine[Any, Any, Reply]
 class MetadataCore:
     def __init__(self, deps: ImdsDeps) -> None:
         self._d = deps
+        self._metrics = deps.metrics.endpoint
         self._latency: dict[tuple[Route, int], Any] = {}
         """Labelled histogram children, resolved once per (route, status) rather than per request."""
         self._credential_replies: dict[str, tuple[Credentials, Reply]] = {}
@@ -243,7 +247,7 @@ class MetadataCore:
         # Even allow-listed paths are for this node's pods only: nothing else that can reach
         # the port (another host, the node itself) learns anything about the node.
         try:
-            entry = caller(self._d.pods, req.ip, self._d.host_identity)
+            entry = caller(self._d.pods, req.ip, self._d.pods.host_identity)
         except PodNotFound:  # not indexed yet: waited for (up to --pod-wait), then refused
             return self._finish(self._after_wait(req, match), match, started)
         except IdentityError as e:
@@ -317,7 +321,7 @@ class MetadataCore:
             log.warning("credentials unavailable", reason=r.reason, detail=r.message)
         if pod is not None and r.event is not None and not pod.host_network:
             self._d.events.warn(pod, r.event, r.message)
-        self._d.metrics.refusals.labels(r.reason).inc()
+        self._metrics.refusals.labels(r.reason).inc()
         if r.status != 429 or self._first_429_in_a_while(req.ip):  # a flood must not flood the log
             # Paths are the caller's: bounded in the log, as a hostile pod chooses them.
             log.info("request refused", client=req.ip, target=req.target[:200], status=r.status, reason=r.reason,
@@ -336,7 +340,7 @@ class MetadataCore:
     def _observe(self, route: Route, status: int, started: float) -> None:
         child = self._latency.get((route, status))
         if child is None:
-            child = self._latency[(route, status)] = self._d.metrics.requests.labels(route.value, str(status))
+            child = self._latency[(route, status)] = self._metrics.requests.labels(route.value, str(status))
         child.observe(time.perf_counter() - started)
 
     # -- the parts that wait --------------------------------------------------------------
@@ -374,9 +378,9 @@ class MetadataCore:
         try:
             resp = await upstream.get(path)
         except NodeMetadataError as e:
-            self._d.metrics.proxied.labels("unreachable", "none").inc()
+            self._metrics.proxied.labels("unreachable", "none").inc()
             return self._refused(req, refusal(e), upstream_failed=True)
         log.info("node metadata proxied", pod=entry.pod.ref, path=path, upstream_status=resp.status)
         # Only paths the node's IMDS has (200) become labels: invented ones must not grow the series.
-        self._d.metrics.proxied.labels(proxy_route(path) if resp.status == 200 else "other", str(resp.status)).inc()
+        self._metrics.proxied.labels(proxy_route(path) if resp.status == 200 else "other", str(resp.status)).inc()
         return Reply(resp.status, resp.body, resp.content_type)

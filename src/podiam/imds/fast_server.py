@@ -58,6 +58,7 @@ _WANTED = {name.encode(): name for name in WANTED_HEADERS}
 _BAD_REQUEST = Reply(400, b"malformed HTTP request\n")
 _TOO_LARGE = Reply(413, b"request too large\n")
 _TOO_LONG_URL = Reply(414, b"URL too long\n")
+_INTERNAL = Reply(500, b"internal error\n")
 _TOO_MANY_CONNECTIONS = Reply(503, b"too many connections from this address; close idle ones\n")
 FEED_SLICE = 4096
 """Bytes of a received chunk parsed before flow control is checked again: a chunk (up to
@@ -111,7 +112,7 @@ class MetadataProtocol(asyncio.Protocol):
         server = self._server
         if server.per_ip.get(self._ip, 0) >= server.max_connections_per_ip:
             # A clear answer rather than a reset: a pod at its cap learns why from its SDK's error.
-            server.metrics.connections_refused.inc()
+            server.metrics.endpoint.connections_refused.inc()
             self._write(_TOO_MANY_CONNECTIONS, False, False)
             return
         self._counted = True
@@ -230,7 +231,13 @@ class MetadataProtocol(asyncio.Protocol):
         # latin-1 maps every byte to one character, so nothing is lost or reinterpreted here.
         target = self._url.decode("latin-1")
         keep_alive = self._parser.should_keep_alive() and not self._server.closing
-        answer = self._core.answer(Request(method, target, self._headers, self._ip))
+        try:
+            answer = self._core.answer(Request(method, target, self._headers, self._ip))
+        except Exception as e:
+            # A bug in the core costs this request a 500, not the connection: raised into the
+            # parser's callback it would read as the pod's malformed request.
+            log.error("metadata request failed", error=repr(e))  # noqa: TRY400
+            answer = _INTERNAL
         head_only = method == "HEAD"
         if isinstance(answer, Reply):
             if not self._queue:
@@ -356,7 +363,7 @@ class MetadataProtocol(asyncio.Protocol):
 def _internal(task: asyncio.Task[Reply]) -> Reply:
     if not task.cancelled():
         log.error("metadata request failed", error=repr(task.exception()))
-    return Reply(500, b"internal error\n")
+    return _INTERNAL
 
 
 class FastServer:

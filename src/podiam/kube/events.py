@@ -172,7 +172,7 @@ class EventRecorder:
         """
         settings = settings or EventSettings()
         self._client = client
-        self._metrics = metrics
+        self._metrics = metrics.events
         self._node = node
         self._interval = settings.interval
         self._clock = clock

@@ -26,7 +26,7 @@ log = structlog.stdlib.get_logger(__name__)
 class NamespaceIndex:
     def __init__(self, policy: RolePolicy, metrics: Metrics) -> None:
         self._policy = policy
-        self._metrics = metrics
+        self._metrics = metrics.policy
         self._rules: dict[str, NamespaceRules] = {}
         self._listeners: list[Callable[[str], None]] = []
         self.synced = asyncio.Event()

@@ -29,8 +29,11 @@ class IndexListener(Protocol):
 
 
 class PodIndex:
-    def __init__(self, decide: Callable[[PodInfo], Identity], host_ips: Iterable[str] = ()) -> None:
+    def __init__(self, decide: Callable[[PodInfo], Identity], host_ips: Iterable[str] = (), *,
+                 host_identity: Identity | None = None) -> None:
+        """host_identity: what the node's own network gets (--host-network-role); None refuses it."""
         self._decide = decide
+        self.host_identity = host_identity
         self._by_uid: dict[str, PodEntry] = {}
         self._by_ip: dict[str, dict[str, PodEntry]] = {}
         self._static_host_ips = frozenset(host_ips)

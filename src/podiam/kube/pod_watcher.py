@@ -53,7 +53,7 @@ class PodSink:
     """Turns Pod objects into PodInfo for the index, and keeps the pod metrics current."""
 
     def __init__(self, index: PodTarget, metrics: Metrics) -> None:
-        self._index, self._metrics = index, metrics
+        self._index, self._metrics = index, metrics.pods
 
     def replace(self, objects: list[Any]) -> None:
         self._index.replace([pod_info(pod) for pod in objects])

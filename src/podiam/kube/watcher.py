@@ -112,7 +112,7 @@ class ListWatcher:
         self._resource = resource
         self._sink = sink
         self._settings = settings
-        self._metrics = metrics
+        self._metrics = metrics.watches
         self._fields = fields
         self.what = what
         self._sleep, self._clock, self._rng = sleep, clock, rng
@@ -123,8 +123,8 @@ class ListWatcher:
         self._failing_since: float | None = None
         self._last_error: str | None = None
         self._failures = 0
-        metrics.watch_synced.labels(self._label).set(0)
-        metrics.watch_failing_seconds.labels(self._label).set_function(lambda: self.health().failing_for(clock()))
+        self._metrics.watch_synced.labels(self._label).set(0)
+        self._metrics.watch_failing_seconds.labels(self._label).set_function(lambda: self.health().failing_for(clock()))
         # ALL_NS for namespaced resources: without it lightkube uses the kubeconfig's namespace.
         namespaced = issubclass(resource, NamespacedResource)
         self._scope: dict[str, Any] = {"namespace": lightkube.ALL_NS} if namespaced else {}

@@ -86,10 +86,10 @@ class RuleGuard:
         """
         if interval <= 0:
             raise ValueError("the iptables check interval must be positive")
-        self._rules, self._metrics, self._interval = rules, metrics, interval
+        self._rules, self._metrics, self._interval = rules, metrics.rule, interval
         self._on_restored, self._sleep = on_restored, sleep
         self._missing: str | None = None
-        metrics.iptables_rule_present.set(1)
+        self._metrics.iptables_rule_present.set(1)
 
     @property
     def missing(self) -> str | None:

@@ -82,7 +82,7 @@ class ReportMetrics:
         self.sent = Counter("podiam_remote_refusals_reported_total",
                             "Refusal occurrences reported to a podiam server for its Warning events.", registry=r)
         self.dropped = Counter("podiam_remote_refusals_dropped_total",
-                               "Refusal occurrences dropped unreported, by reason (buffer_full).", ["reason"],
+                               "Refusal occurrences dropped unreported, by reason (buffer_full, shutdown).", ["reason"],
                                registry=r)
         self.failures = Counter("podiam_remote_report_failures_total",
                                 "ReportRefusals calls that failed or could not be made, by code.", ["code"],
@@ -113,11 +113,35 @@ class RefusalReporter:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        await self._stop_sender()
+
+    async def _stop_sender(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def flush(self) -> None:
+        """At shutdown, once the endpoint takes no more requests and while the stream is still
+        open: what is pending is sent now, not left to a back-off that will never end; what
+        cannot be sent within ``call_timeout`` is dropped and counted (reason shutdown)."""
+        await self._stop_sender()  # one sender at a time, or a batch would be counted twice
+        code: str | None = None
+        try:
+            async with asyncio.timeout(self._settings.call_timeout):
+                while self._pending and (code := await self._send()) is None:
+                    pass
+        except TimeoutError:
+            code = "DEADLINE_EXCEEDED"
+        if code is not None:
+            self._metrics.failures.labels(code).inc()
+        if self._pending:
+            lost = sum(entry.count for entry in self._pending.values())
+            self._metrics.dropped.labels("shutdown").inc(lost)
+            log.warning("refusals not reported to the podiam server at shutdown", code=code,
+                        occurrences=lost, pods=len({uid for uid, _ in self._pending}))
+            self._pending.clear()
 
     # -- the request path: memory only ---------------------------------------------------------
 

@@ -74,7 +74,7 @@ class StsAssumer:
     ) -> None:
         self._region = region
         self._settings = settings
-        self._metrics = metrics
+        self._metrics = metrics.credentials
         self._session = session
         self._stack: AsyncExitStack | None = None
         self._client: Any = None  # aiobotocore's STS client: untyped, kept inside this class

@@ -159,7 +159,7 @@ class CredentialCache:
             raise ConfigError(f"STS retry back-off: {e}") from e
         self._assumer = assumer
         self._settings = settings
-        self._metrics = metrics
+        self._metrics = metrics.credentials
         self._clock: Clock = clock or SystemClock()
         # Jitter only spreads load; it needs no unpredictability.
         self._rng = rng or random.Random()  # noqa: S311

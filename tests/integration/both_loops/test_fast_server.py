@@ -23,7 +23,7 @@ from podiam.imds.tokens import TokenIssuer
 from podiam.kube.pod_index import PodIndex
 from podiam.observability.audit import IssuanceLog
 from podiam.observability.metrics import Metrics
-from podiam.pods import PodInfo
+from podiam.pods import PodEntry, PodInfo
 from podiam.policy import RolePolicy
 from podiam.settings import ImdsSettings, RoleSettings
 
@@ -189,3 +189,25 @@ async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(running:
     assert headers["connection"] == "close"
     await stopping
     await shut(writer)
+
+
+class BrokenPods(LoopbackPods):
+    """A pod lookup with a bug: every lookup raises what no caller expects."""
+
+    def lookup(self, ip: str) -> PodEntry:
+        raise RuntimeError("a bug in the pod lookup")
+
+
+async def test_a_bug_in_the_core_costs_the_request_a_500_not_the_connection() -> None:
+    index = PodIndex(RolePolicy.from_settings(RoleSettings(), "arn:aws:iam::123456789012:role/").identity)
+    deps = ImdsDeps(pods=BrokenPods(index), credentials=Source(), tokens=TokenIssuer(), issuance=IssuanceLog("n"),
+                    metrics=Metrics(), settings=ImdsSettings(pod_wait=0.01), upstream=None, ready=lambda: True,
+                    limiter=RateLimiter(0))
+    async with FastServer(MetadataCore(deps), "127.0.0.1", 0, grace=5.0, settings=deps.settings) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(SLOW)
+        status, _, body = await response(reader)
+        assert (status, body) == (b"HTTP/1.1 500 Internal Server Error", b"internal error\n")
+        writer.write(HEALTH)  # the connection still serves what does not meet the bug
+        assert (await response(reader))[2] == b"ok\n"
+        await shut(writer)
