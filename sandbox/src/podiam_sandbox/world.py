@@ -7,7 +7,9 @@ In split mode (``World(mode="split", flag_route=...)``) each agent comes with it
 ``podiam server`` process, which holds what the agent then does not: the kubeconfig, STS's
 address and the AWS credentials. The agent's environment is built from nothing (no AWS_*
 variable, no KUBECONFIG, an empty HOME) and it is given only node-local flags; the world
-checks both before starting it.
+checks both before starting it. A test of failover starts the replicas itself instead
+(``start_server``, ``restart_server`` on the same port) and an agent streaming from all of them
+(``start_split_agent(servers=...)``).
 
 Pods are registered in the API the way a kubelet would report them (spec.nodeName,
 status.podIP, phase Running), through a real Kubernetes client, so the agent sees exactly
@@ -227,7 +229,8 @@ class ServerProcess(PodiamProcess):
 
 
 class AgentProcess(PodiamProcess):
-    """A running ``podiam agent``; in split mode with the ``server`` it streams from."""
+    """A running ``podiam agent``; in split mode with the ``server`` it owns and streams from, or
+    none when it streams from replicas the test started (``World.start_split_agent``)."""
 
     what = "agent"
 
@@ -239,6 +242,8 @@ class AgentProcess(PodiamProcess):
     @property
     def policy_process(self) -> PodiamProcess:
         """The process that runs the policy and calls STS: the server in split mode, else the agent."""
+        if self.server is None and "--server-address" in self.argv:
+            raise WorldError("this agent streams from replicas the test started: read the replica you mean")
         return self.server or self
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = AGENT_STOP_TIMEOUT) -> int:
@@ -287,6 +292,8 @@ class World:
         self._stack = contextlib.AsyncExitStack()
         self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
         self.agents: list[AgentProcess] = []
+        self.servers: list[ServerProcess] = []
+        """Every ``podiam server`` started, agents' own and tests' replicas; all stopped with the world."""
         self._namespaces: set[str] = set()
         self.net: PodNetwork
         self.sts: MotoSts
@@ -309,7 +316,7 @@ class World:
                                       "--kubeconfig", str(self.kubeconfig))
             self.kube = lightkube.AsyncClient(lightkube.KubeConfig.from_file(self.kubeconfig))
             self._stack.push_async_callback(self.kube.close)
-            self._stack.push_async_callback(self._stop_agents)
+            self._stack.push_async_callback(self._stop_processes)
             if self.mode == "split":
                 self.tls = await podiam_certs(self._tmp / "tls")
         except BaseException:
@@ -346,10 +353,10 @@ class World:
         self._stack.push_async_callback(_cancel, drain)
         return line.split(" ", 1)[1].strip()
 
-    async def _stop_agents(self) -> None:
-        for agent in self.agents:
+    async def _stop_processes(self) -> None:
+        for process in [*self.agents, *self.servers]:  # agents first: they stream from the servers
             with contextlib.suppress(WorldError):
-                await agent.stop()
+                await process.stop()
 
     def sdk_env(self) -> dict[str, str]:
         """What an application container would have: no credentials, region and STS's address."""
@@ -412,10 +419,10 @@ class World:
         """Start ``podiam server`` for this world (split mode) and wait until it is ready.
 
         The server alone gets what reaches the API and STS: the kubeconfig, STS's address and
-        the AWS credentials (moto's), in its own environment.
+        the AWS credentials (moto's), in its own environment. It is stopped with the world
+        unless stopped before.
         """
         assert self.tls is not None, "a server needs split mode's certificates: World(mode='split')"
-        n = len(self.agents)
         metrics_port = free_port()
         argv = [
             sys.executable, "-m", "podiam", "server",
@@ -427,8 +434,24 @@ class World:
             "--metadata-addr", self.node_imds_addr,
             *flags,
         ]  # fmt: skip
-        server_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **self.sts.client_env()}
-        server = ServerProcess(argv, server_env, self._tmp / f"server-{n}.log", metrics_port)
+        return await self._run_server(argv, metrics_port)
+
+    async def restart_server(self, server: ServerProcess) -> ServerProcess:
+        """A new ``podiam server`` with an exited one's command line: the same flags, --bind and
+        --metrics-port, as a kubelet restarts a replica, so agents' --server-address still names it.
+
+        The old process must have exited: gRPC binds its port with SO_REUSEPORT, so a second
+        process on a live one's port would share its connections instead of replacing it.
+        """
+        if server.returncode is None:
+            raise WorldError(f"the server on {server.address} has not exited (stop it first): "
+                             "a restart takes over its port")
+        return await self._run_server(list(server.argv), server.metrics_port)
+
+    async def _run_server(self, argv: list[str], metrics_port: int) -> ServerProcess:
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **self.sts.client_env()}
+        server = ServerProcess(argv, env, self._tmp / f"server-{len(self.servers)}.log", metrics_port)
+        self.servers.append(server)
         try:
             await server.start()
         except BaseException:
@@ -447,15 +470,40 @@ class World:
             raise WorldError(f"a split agent must not have {', '.join(reaching)}: the server holds those")
         return env
 
-    async def _start_split_agent(self, extra: Sequence[str], *, iptables: bool, app_port: int | None,
-                                 env: Mapping[str, str] | None, interpreter_flags: Sequence[str]) -> AgentProcess:
-        assert self._flag_route is not None and self.tls is not None
+    async def start_split_agent(self, *extra: str, servers: Sequence[ServerProcess], iptables: bool = True,
+                                app_port: int | None = None, env: Mapping[str, str] | None = None,
+                                interpreter_flags: Sequence[str] = ()) -> AgentProcess:
+        """Start a split agent streaming from ``servers`` (replicas started with ``start_server``),
+        tried in turn (``--server-address`` lists their addresses), and wait until it is ready.
+
+        ``extra`` are the agent's flags only: the servers' were given to ``start_server``. The
+        agent does not own the replicas; the world stops them (or the test, earlier).
+        """
+        if self.mode != "split":
+            raise WorldError("a split agent needs a split-mode world: World(mode='split')")
+        if not servers:
+            raise WorldError("a split agent needs at least one server to stream from")
+        return await self._start_split_agent(extra, servers=servers, iptables=iptables, app_port=app_port, env=env,
+                                             interpreter_flags=interpreter_flags)
+
+    async def _start_split_agent(self, extra: Sequence[str], *, servers: Sequence[ServerProcess] | None = None,
+                                 iptables: bool, app_port: int | None, env: Mapping[str, str] | None,
+                                 interpreter_flags: Sequence[str]) -> AgentProcess:
+        """A split agent; with ``servers`` None, it owns a server of its own, given ``extra``'s server flags."""
+        assert self._flag_route is not None
         server_flags, agent_flags = self._flag_route.split(extra)
         reaching = sorted(set(agent_flags) & (self._flag_route.server | {"--kubeconfig"}))
         if reaching:
             raise WorldError(f"a split agent must not be given {', '.join(reaching)}: those are the server's")
+        if servers is not None and server_flags:
+            raise WorldError(f"{', '.join(server_flags)}: give the servers' flags to start_server, "
+                             "not to an agent of replicas already running")
         agent_env = self.split_agent_env(env)  # checked before anything starts
-        server = await self.start_server(*server_flags)
+        assert self.tls is not None
+        owned = None
+        if servers is None:
+            owned = await self.start_server(*server_flags)
+            servers = [owned]
         metrics_port = free_port()
         argv = [
             sys.executable, *interpreter_flags, "-m", "podiam", "agent",
@@ -465,14 +513,14 @@ class World:
             "--host-ip", self.net.gateway_ip,
             "--host-interface", self.net.bridge_name,
             "--metadata-addr", self.node_imds_addr,
-            "--server-address", server.address,
+            "--server-address", ",".join(s.address for s in servers),
             "--server-name", SERVER_NAME,
             *_tls_flags(self.tls.agent),
             *(["--iptables"] if iptables else []),
             *agent_flags,
         ]  # fmt: skip
         agent = AgentProcess(argv, agent_env, self._tmp / f"agent-{len(self.agents)}.log", metrics_port,
-                             server=server)
+                             server=owned)
         self.agents.append(agent)
         await agent.start()  # on failure, stopped with the world's agents, and its server with it
         return agent

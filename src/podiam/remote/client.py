@@ -1,7 +1,9 @@
 """
 Split mode's agent side of the stream: one WatchNode stream at a time into the mirror,
 reconnecting with the shared back-off, to the next address of --server-address when it
-breaks, resuming from the last change applied.
+breaks, resuming from the last change applied. The back-off grows per round of the address
+list (``reconnect_delay``), so a replica that returns is reached within one capped wait
+whatever its place in the list.
 
 WatchNode is made once per connection, never per metadata request: ``podiam_remote_rpcs_total``
 counts them, so a metric shows the request path makes none. The only other RPC, the refusal
@@ -50,9 +52,9 @@ class StreamSettings:
     """Seconds a new stream has for the server to answer (its headers come as soon as it serves this
     node, before any snapshot or change); else it is abandoned."""
     retry_initial: float = 0.2
-    """Seconds before the first reconnect after a failure."""
+    """Seconds before the first reconnect after a failure, and between the addresses of one round."""
     retry_max: float = 5.0
-    """Seconds: the cap of the reconnect back-off."""
+    """Seconds: the cap of the reconnect back-off (between two rounds of the addresses)."""
 
 
 def parse_addresses(value: str) -> tuple[str, ...]:
@@ -65,6 +67,19 @@ def parse_addresses(value: str) -> tuple[str, ...]:
         if not host or not address.rsplit(":", 1)[-1].isdigit():
             raise ConfigError(f"--server-address: {address!r} is not host:port or dns:///name:port")
     return addresses
+
+
+def reconnect_delay(backoff: Backoff, failures: int, addresses: int, r: float) -> float:
+    """Seconds before the next attempt after ``failures`` consecutive failed ones (``r`` a draw in [0, 1)).
+
+    Attempts go to the addresses in turn and the back-off grows per round of them: within a
+    round the next address is tried after the first delay, and the delay after a whole round
+    failed is the back-off's for that many rounds. Grown per attempt, a replica returning after
+    a long outage would wait one capped delay per dead address before it (two replicas: up to
+    10 s for a new pod instead of 5). With one address (or a dns:/// name) a round is an attempt.
+    """
+    rounds, tried = divmod(failures, max(addresses, 1))
+    return backoff.delay(1 if tried else rounds, r)
 
 
 def host_of(address: str) -> str:
@@ -119,7 +134,7 @@ class ServerStream:
                 failures = 1 if self._opened else failures + 1
                 code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
                 self._metrics.failures.labels(code).inc()
-                delay = self._backoff.delay(failures, self._rng())
+                delay = reconnect_delay(self._backoff, failures, len(self._settings.addresses), self._rng())
                 detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 log.warning("podiam server stream broken; reconnecting", address=address, code=code,
                             error=(detail or "")[:200], retry_in=round(delay, 2))
