@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from podiam.credentials import Credentials, Identity
 from podiam.decision import decide, refusal
-from podiam.errors import NoRoleError, NoServerReachable, PodNotFound
+from podiam.errors import ConfigError, NoRoleError, NoServerReachable, PodNotFound
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
 from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
@@ -418,3 +418,10 @@ async def test_the_nodes_own_network_gets_the_host_identity_of_the_latest_snapsh
         reply = core.answer(Request("GET", path, {}, "10.0.0.1"))
         assert isinstance(reply, Reply)
         assert (reply.status, reply.body) == (200, b"node-role")
+
+
+async def test_a_second_server_on_a_bound_port_is_a_configuration_error(server: Server, server_files: TlsFiles) -> None:
+    policy = RolePolicy.from_settings(RoleSettings(), BASE)
+    feed = ClusterFeed(FeedLimits(change_log=50, send_queue=50), policy.host_identity, prefetch=lambda i: None)
+    with pytest.raises(ConfigError, match="cannot listen"):
+        GrpcServer(feed, server_files, ServiceSettings(bind=f"127.0.0.1:{server.grpc.port}"), Metrics())

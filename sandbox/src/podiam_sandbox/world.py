@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -290,7 +291,8 @@ class World:
         self.tls: TlsFiles | None = None
         """Split mode's certificates, from `podiam certs init`: one CA per world, a server and an agent leaf."""
         self._stack = contextlib.AsyncExitStack()
-        self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
+        self._tmp: Path
+        """The world's own directory, made by __aenter__."""
         self.agents: list[AgentProcess] = []
         self.servers: list[ServerProcess] = []
         """Every ``podiam server`` started, agents' own and tests' replicas; all stopped with the world."""
@@ -303,6 +305,9 @@ class World:
         self.kubeconfig: Path
 
     async def __aenter__(self) -> Self:
+        self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
+        if not os.environ.get("PODIAM_KEEP_WORLD"):  # its logs, certificates, kubeconfig: gone last
+            self._stack.callback(shutil.rmtree, self._tmp, ignore_errors=True)
         try:
             await cleanup_stale()  # a crashed earlier run must not leave rules that shadow ours
             self.net = await self._stack.enter_async_context(PodNetwork())

@@ -149,10 +149,16 @@ class GrpcServer:
             ("grpc.http2.max_ping_strikes", 0),
             ("grpc.max_connection_age_ms", ms(settings.max_connection_age)),
             ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace)),
+            # gRPC binds with SO_REUSEPORT by default: a second server on the same --bind would
+            # start without error and silently take half the agents' connections.
+            ("grpc.so_reuseport", 0),
         ])
         service = PodiamService(feed, ServerMetrics(metrics), refusals, synced)
         pb_grpc.add_PodiamServicer_to_server(service, self._server)
-        self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
+        try:
+            self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
+        except RuntimeError as e:  # grpcio's way of saying the address is taken or not ours
+            raise ConfigError(f"--bind: cannot listen on {settings.bind} (in use, or not this host's)") from e
         if not self._port:
             raise ConfigError(f"--bind: cannot listen on {settings.bind}")
 
