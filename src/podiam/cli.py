@@ -28,6 +28,7 @@ from podiam.observability import logging as podiam_logging
 from podiam.policy import ROLE_ARN_RE
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
+    IPTABLES_MODES,
     AgentSettings,
     ExplainSettings,
     ImdsSettings,
@@ -187,6 +188,10 @@ def _policy_options(f: _F) -> _F:
       help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
 @_opt("iptables-check-interval", type=DURATION, default="5s",
       help="How often the DNAT rule is checked and, if something deleted it, restored (with --iptables).")
+@_opt("iptables-mode", type=click.Choice(IPTABLES_MODES), default="auto",
+      help="The iptables backend for the rule, as the node's kube-proxy and CNI use: nft, legacy, or auto (the one "
+      "holding the node's rules: kubelet's KUBE-IPTABLES-HINT chain first, then the rule counts, as Kubernetes' "
+      "iptables-wrapper decides). Decided once at start and logged.")
 @_opt("http-server", type=click.Choice(["fast", "aiohttp"]), default="fast",
       help="The metadata endpoint's HTTP server: the dedicated fast path, or aiohttp (same behaviour).")
 @_opt("require-imdsv2", is_flag=True, default=False,
@@ -354,7 +359,8 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
         ),
         node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],
                           iptables=flags["iptables"], pod_events=flags["pod_events"],
-                          iptables_check_interval=_positive(flags, "iptables_check_interval")),
+                          iptables_check_interval=_positive(flags, "iptables_check_interval"),
+                          iptables_mode=flags["iptables_mode"]),
         log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower(), audit_log=flags["audit_log"]),
         metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"],
                                 bind_address=flags["metrics_bind_address"]),

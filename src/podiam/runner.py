@@ -2,11 +2,12 @@
 The agent's life: start in dependency order, serve until a signal or a root task ends,
 then stop in stages.
 
-Start: node discovery (region, base ARN) -> STS client and cache -> event recorder -> pod
-index, fed by the pod watcher (after the namespace watcher's first list, when namespace
-restrictions are on) -> the metadata and operator endpoints -> the iptables rule, last, so
-the rule never sends a pod to a port nobody listens on, then its guard (node/rule_guard.py),
-which puts it back whenever something deletes it.
+Start: the iptables backend (with --iptables; node/backend.py) -> node discovery (region,
+base ARN) -> STS client and cache -> event recorder -> pod index, fed by the pod watcher
+(after the namespace watcher's first list, when namespace restrictions are on) -> the
+metadata and operator endpoints -> the iptables rule, last, so the rule never sends a pod to
+a port nobody listens on, then its guard (node/rule_guard.py), which puts it back whenever
+something deletes it.
 
 Stop (SIGTERM/SIGINT only set a flag, from the first moment of start-up): not ready -> the
 metadata endpoint stops accepting and in-flight requests finish (up to --shutdown-grace)
@@ -36,6 +37,7 @@ from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
 from podiam.kube.pod_index import PodIndex
+from podiam.node.backend import choose_backend
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
 from podiam.node.rule_guard import RESTORED_REASON, IptablesRules, RuleGuard
 from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
@@ -108,7 +110,7 @@ async def after(event: asyncio.Event, watcher: ListWatcher) -> None:
     await watcher.run()
 
 
-def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics,
+def _rule_guard(rule: DnatRule | None, binary: str, settings: AgentSettings, metrics: Metrics,
                 recorder: EventRecorder | None) -> RuleGuard | None:
     """The guard of the rule, if one is installed; a restore is told on the Node (with events on)."""
     if rule is None:
@@ -118,7 +120,7 @@ def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics
         if recorder is not None:
             recorder.warn_node(RESTORED_REASON, message)
 
-    rules = IptablesRules(rule, call_timeout=settings.node.iptables_timeout)
+    rules = IptablesRules(rule, call_timeout=settings.node.iptables_timeout, binary=binary)
     return RuleGuard(rules, metrics, interval=settings.node.iptables_check_interval,
                      on_restored=on_restored)
 
@@ -209,10 +211,17 @@ class Agent(RootTasks):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._guard: asyncio.Task[None] | None = None
+        self._iptables = "iptables"
+        """The chosen backend's iptables binary, for every call on the rule (node/backend.py)."""
 
     async def _run(self) -> None:
         s = self.settings
         rule = DnatRule.from_settings(s.node, s.imds.app_port) if s.node.iptables else None
+        if rule is not None:  # decided once, first: a missing binary is a configuration error
+            backend = await choose_backend(s.node.iptables_mode, call_timeout=s.node.iptables_timeout)
+            self._iptables = backend.binary
+            log.info("iptables backend chosen", mode=backend.mode, binary=backend.binary, reason=backend.reason,
+                     requested=s.node.iptables_mode)
         async with contextlib.AsyncExitStack() as stack:
             upstream = await stack.enter_async_context(
                 NodeMetadataClient(s.imds.metadata_addr, s.imds.upstream_timeout)
@@ -256,7 +265,7 @@ class Agent(RootTasks):
             # Registered before any task exists: a failure later in start-up still stops them.
             stack.push_async_callback(self._stop_tasks)
             watches = self._start_watches(client, index, namespaces)
-            guard = _rule_guard(rule, s, self.metrics, recorder)
+            guard = _rule_guard(rule, self._iptables, s, self.metrics, recorder)
             ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
                               index_synced=index.synced.is_set, watches=watches,
                               rule_missing=(lambda: guard.missing) if guard else (lambda: None),
@@ -283,7 +292,7 @@ class Agent(RootTasks):
                                     s.metrics.port, 1.0)
         stack.push_async_callback(ops_site.cleanup)
         if rule is not None:
-            added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout)
+            added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout, binary=self._iptables)
             log.info("iptables rule " + ("installed" if added else "already present"),
                      interface=rule.interface, destination=rule.destination)
         if guard is not None:
@@ -328,7 +337,7 @@ class Agent(RootTasks):
                 await mirror.synced.wait()
         except TimeoutError:
             log.warning("no podiam server answered yet; serving from an empty mirror", servers=remote.addresses)
-        guard = _rule_guard(rule, s, self.metrics, None)
+        guard = _rule_guard(rule, self._iptables, s, self.metrics, None)
         ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
                           index_synced=mirror.synced.is_set,
                           rule_missing=(lambda: guard.missing) if guard else (lambda: None))
@@ -359,7 +368,8 @@ class Agent(RootTasks):
             await asyncio.wait([self._guard], timeout=self._task_stop_timeout)
         if rule is not None:
             try:
-                removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout)
+                removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout,
+                                            binary=self._iptables)
                 log.info("iptables rule removed", copies=removed)
             except PodiamError as e:
                 log.error("could not remove the iptables rule; remove it by hand", error=str(e))  # noqa: TRY400

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from podiam.errors import ConfigError
 
+IPTABLES_MODES = ("auto", "nft", "legacy")
+"""--iptables-mode's values: the two iptables backends, or auto (the node's)."""
+
 DEFAULT_ALLOW_ROUTE_REGEXP = r"^/[^/]+/(meta-data/placement/.*|dynamic/instance-identity/document)$"
 """Paths proxied to the node's real IMDS by default: what SDKs read to discover the region.
 
@@ -316,6 +319,17 @@ class NodeSettings:
     it is back, pods time out or reach the node's real IMDS. Each check is one ``iptables
     -C``, cheap enough to bound that gap to a few seconds.
     """
+
+    iptables_mode: str = "auto"
+    """Which iptables backend manages the rule: ``nft`` (iptables-nft), ``legacy``
+    (iptables-legacy), or ``auto``: the one that already holds the node's rules, decided once
+    at start as Kubernetes' iptables-wrapper decides it (node/backend.py). A rule written with
+    the other backend than the node's kube-proxy and CNI is invisible to their tools and
+    evaluated in an order nobody chose."""
+
+    def __post_init__(self) -> None:
+        if self.iptables_mode not in IPTABLES_MODES:
+            raise ConfigError(f"--iptables-mode must be one of {', '.join(IPTABLES_MODES)}, not {self.iptables_mode!r}")
 
 
 @dataclass(frozen=True)

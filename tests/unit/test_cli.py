@@ -158,3 +158,21 @@ def test_the_server_refuses_a_bad_assume_role_arn(args: list[str], message: str)
     code, out = run(*SERVER, *args)
     assert code == 2
     assert message in out
+
+
+@pytest.mark.parametrize(("args", "env", "mode"), [
+    ([], {}, "auto"),
+    (["--iptables-mode", "legacy"], {}, "legacy"),
+    ([], {"PODIAM_IPTABLES_MODE": "nft"}, "nft"),
+])
+def test_the_iptables_mode_reaches_the_node_settings(args: list[str], env: dict[str, str], mode: str) -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env=env):
+        params = command.make_context("agent", ["--node", "n1", *args]).params
+    assert agent_settings(params, {}).node.iptables_mode == mode
+
+
+def test_an_unknown_iptables_mode_is_refused() -> None:
+    code, out = run("agent", "--node", "n1", "--iptables-mode", "nftables")
+    assert code == 2
+    assert "'nftables' is not one of 'auto', 'nft', 'legacy'" in out
