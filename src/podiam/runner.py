@@ -7,7 +7,9 @@ base ARN) -> STS client and cache -> event recorder -> pod index, fed by the pod
 (after the namespace watcher's first list, when namespace restrictions are on) -> the
 metadata and operator endpoints -> the iptables rule, last, so the rule never sends a pod to
 a port nobody listens on, then its guard (node/rule_guard.py), which puts it back whenever
-something deletes it.
+something deletes it. With --node-ready-taint (in split mode with --iptables alone: the
+server holds the key), a task waits until the agent is ready and then has the node's
+start-up taint removed (node/ready_taint.py).
 
 Stop (SIGTERM/SIGINT only set a flag, from the first moment of start-up): not ready -> the
 metadata endpoint stops accepting and in-flight requests finish (up to --shutdown-grace)
@@ -39,6 +41,7 @@ from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
 from podiam.kube.pod_index import PodIndex
 from podiam.node.backend import choose_backend
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
+from podiam.node.ready_taint import ReadyTaintRemoval, TaintOutcome
 from podiam.node.rule_guard import RESTORED_REASON, IptablesRules, RuleGuard
 from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
 from podiam.observability.metrics import Metrics
@@ -270,6 +273,8 @@ class Agent(RootTasks):
                               index_synced=index.synced.is_set, watches=watches,
                               rule_missing=(lambda: guard.missing) if guard else (lambda: None),
                               unready_after=s.kube.watch_unready_after)
+            if s.ready_taint.key is not None:
+                await stack.enter_async_context(self._untaint(client, s.ready_taint.key, ready))
 
             tokens = TokenIssuer(max_remembered=s.imds.tokens_remembered)
             limiter = RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked)
@@ -310,6 +315,7 @@ class Agent(RootTasks):
         """Split mode: the same endpoint, rule and probes, fed by a podiam server's stream."""
         from podiam.remote.client import ServerStream, StreamSettings  # noqa: PLC0415
         from podiam.remote.mirror import Mirror  # noqa: PLC0415
+        from podiam.remote.ready import report_ready  # noqa: PLC0415
         from podiam.remote.reports import RefusalReporter  # noqa: PLC0415
         from podiam.remote.tls import TlsFiles  # noqa: PLC0415
 
@@ -341,11 +347,35 @@ class Agent(RootTasks):
         ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
                           index_synced=mirror.synced.is_set,
                           rule_missing=(lambda: guard.missing) if guard else (lambda: None))
+
+        async def report() -> TaintOutcome:
+            # The server removes its own --node-ready-taint (if it has one): the agent names no taint.
+            key, removed = await report_ready(lambda: stream.channel if stream is not None else None,
+                                              s.kube.node_name, timeout=s.ready_taint.report_timeout)
+            return TaintOutcome(key, removed)
+
+        if rule is not None:
+            await stack.enter_async_context(ReadyTaintRemoval(report, ready, s.ready_taint, node=s.kube.node_name))
+        else:  # as agent mode refuses --node-ready-taint without --iptables: ready would not mean protected
+            log.info("not reporting readiness to the podiam server: without --iptables the node-ready taint, if "
+                     "the server has one, stays", node=s.kube.node_name)
         deps = ImdsDeps(pods=mirror, credentials=mirror, tokens=TokenIssuer(max_remembered=s.imds.tokens_remembered),
                         issuance=issuance, metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                         limiter=RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked),
                         events=reporter, host_identity=mirror.host_identity)
         await self._serve(stack, deps, rule, guard, ready, node=s.kube.node_name, servers=remote.addresses)
+
+    def _untaint(self, client: KubeClient, key: str, ready: Readiness) -> ReadyTaintRemoval:
+        """Agent mode's removal of the node's start-up taint, once ready, with the agent's own API access."""
+        from podiam.kube.node_taint import remove_node_taint  # noqa: PLC0415
+
+        s = self.settings
+
+        async def remove() -> TaintOutcome:
+            return TaintOutcome(key, await remove_node_taint(client, s.kube.node_name, key,
+                                                             timeout=s.ready_taint.call_timeout))
+
+        return ReadyTaintRemoval(remove, ready, s.ready_taint, node=s.kube.node_name)
 
     def _start_watches(self, client: KubeClient, index: PodIndex,
                        namespaces: NamespaceIndex | None) -> list[ListWatcher]:
