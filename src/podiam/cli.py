@@ -28,6 +28,7 @@ from podiam.observability import logging as podiam_logging
 from podiam.policy import ROLE_ARN_RE
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
+    IPTABLES_MODES,
     AgentSettings,
     ExplainSettings,
     ImdsSettings,
@@ -35,6 +36,7 @@ from podiam.settings import (
     LogSettings,
     MetricsSettings,
     NodeSettings,
+    ReadyTaintSettings,
     RemoteSettings,
     RestrictionSettings,
     RoleSettings,
@@ -173,6 +175,14 @@ def _policy_options(f: _F) -> _F:
     return f
 
 
+_NODE_READY_TAINT = _opt(
+    "node-ready-taint", type=str, default=None, show_default=False,
+    help="Taint key (e.g. podiam.io/agent-not-ready) that nodes join with (NoSchedule) and that is removed from a "
+    "node once its agent is ready (rule installed, pods known), so no pod runs there before. Needs get and patch on "
+    "nodes. Split mode: a flag of `podiam server`, which removes it when the node's agent reports ready.")
+"""The node's start-up taint: the agent's in agent mode, the server's in split mode (the agent has no API access)."""
+
+
 @main.command()
 @_policy_options
 @_opt("node", type=str, default=None, env_extra=("NODE_NAME",), show_default=False,
@@ -187,6 +197,11 @@ def _policy_options(f: _F) -> _F:
       help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
 @_opt("iptables-check-interval", type=DURATION, default="5s",
       help="How often the DNAT rule is checked and, if something deleted it, restored (with --iptables).")
+@_opt("iptables-mode", type=click.Choice(IPTABLES_MODES), default="auto",
+      help="The iptables backend for the rule, as the node's kube-proxy and CNI use: nft, legacy, or auto (the one "
+      "holding the node's rules: kubelet's KUBE-IPTABLES-HINT chain first, then the rule counts, as Kubernetes' "
+      "iptables-wrapper decides). Decided once at start and logged.")
+@_NODE_READY_TAINT
 @_opt("http-server", type=click.Choice(["fast", "aiohttp"]), default="fast",
       help="The metadata endpoint's HTTP server: the dedicated fast path, or aiohttp (same behaviour).")
 @_opt("require-imdsv2", is_flag=True, default=False,
@@ -305,7 +320,7 @@ SERVER_POLICY_FLAGS = (
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
     "disable_strict_namespace_regexp",
     "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
-    "sts_timeout", "iam_role_error_ttl", "use_regional_sts_endpoint", "pod_events",
+    "sts_timeout", "iam_role_error_ttl", "use_regional_sts_endpoint", "pod_events", "node_ready_taint",
 )
 """Agent flags that are the server's in split mode: the agent holds no policy, STS or API access."""
 
@@ -354,7 +369,9 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
         ),
         node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],
                           iptables=flags["iptables"], pod_events=flags["pod_events"],
-                          iptables_check_interval=_positive(flags, "iptables_check_interval")),
+                          iptables_check_interval=_positive(flags, "iptables_check_interval"),
+                          iptables_mode=flags["iptables_mode"]),
+        ready_taint=ReadyTaintSettings(key=flags["node_ready_taint"]),
         log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower(), audit_log=flags["audit_log"]),
         metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"],
                                 bind_address=flags["metrics_bind_address"]),
@@ -375,6 +392,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
       "expiry). AWS caps such chained sessions at 1h, so --session-duration must be at most 1h.")
 @_opt("pod-events/--no-pod-events", default=True,
       help="Record Warning events on pods that are refused (needs create/patch on events).")
+@_NODE_READY_TAINT
 @_opt("metrics-port", type=click.IntRange(1, 65535), default=9620, help="Port of /metrics, /healthz and /readyz.")
 @_opt("metrics-bind-address", type=IpAddress(), default="0.0.0.0",  # noqa: S104 - scraped from other nodes
       help="Address the metrics port listens on.")
@@ -393,6 +411,7 @@ def server(**flags: Any) -> None:
             log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower()),
             metrics=MetricsSettings(port=flags["metrics_port"], bind_address=flags["metrics_bind_address"]),
             metadata_addr=flags["metadata_addr"], pod_events=flags["pod_events"],
+            ready_taint=ReadyTaintSettings(key=flags["node_ready_taint"]),
         )
         podiam_logging.configure(settings.log)
     except ConfigError as e:

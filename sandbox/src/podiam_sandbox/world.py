@@ -37,9 +37,10 @@ from typing import Any, Literal, Self
 
 import aiohttp
 import lightkube
-from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import Container, NodeSpec, PodSpec, Taint
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event, Namespace
+from lightkube.resources.core_v1 import Event, Namespace, Node
 from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
@@ -399,20 +400,22 @@ class World:
 
     async def start_agent(self, *extra: str, iptables: bool = True, app_port: int | None = None,
                           env: Mapping[str, str] | None = None,
-                          interpreter_flags: Sequence[str] = ()) -> AgentProcess:
+                          interpreter_flags: Sequence[str] = (), wrapper: Sequence[str] = ()) -> AgentProcess:
         """Start ``podiam agent`` for this node with the flags ``extra`` and wait until it is ready.
 
         In split mode, first a ``podiam server`` of its own, given those of ``extra`` that are
         the server's (policy, STS, events), and the agent the rest; ``env`` is the agent's.
-        ``interpreter_flags`` go to the agent's Python (``-X importtime``).
+        ``interpreter_flags`` go to the agent's Python (``-X importtime``); ``wrapper`` runs the
+        agent (``setpriv --bounding-set=-net_admin``: an agent without CAP_NET_ADMIN).
         """
         if self.mode == "split":
             return await self._start_split_agent(extra, iptables=iptables, app_port=app_port, env=env,
-                                                 interpreter_flags=interpreter_flags)
+                                                 interpreter_flags=interpreter_flags, wrapper=wrapper)
         metrics_port = free_port()
         argv = self.agent_argv(*extra, app_port=app_port or free_port(),
                                metrics_port=metrics_port, iptables=iptables)
         argv[1:1] = interpreter_flags
+        argv[0:0] = wrapper
         agent_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
                      **self.sts.client_env(), **(env or {})}
         agent = AgentProcess(argv, agent_env, self._tmp / f"agent-{len(self.agents)}.log", metrics_port)
@@ -493,7 +496,7 @@ class World:
 
     async def _start_split_agent(self, extra: Sequence[str], *, servers: Sequence[ServerProcess] | None = None,
                                  iptables: bool, app_port: int | None, env: Mapping[str, str] | None,
-                                 interpreter_flags: Sequence[str]) -> AgentProcess:
+                                 interpreter_flags: Sequence[str], wrapper: Sequence[str] = ()) -> AgentProcess:
         """A split agent; with ``servers`` None, it owns a server of its own, given ``extra``'s server flags."""
         assert self._flag_route is not None
         server_flags, agent_flags = self._flag_route.split(extra)
@@ -511,7 +514,7 @@ class World:
             servers = [owned]
         metrics_port = free_port()
         argv = [
-            sys.executable, *interpreter_flags, "-m", "podiam", "agent",
+            *wrapper, sys.executable, *interpreter_flags, "-m", "podiam", "agent",
             "--node", self.node_name,
             "--app-port", str(app_port or free_port()),
             "--metrics-port", str(metrics_port),
@@ -545,6 +548,23 @@ class World:
         """The Events recorded on this world's Node, as `kubectl describe node` shows them."""
         events = [e async for e in self.kube.list(Event, namespace="default")]
         return [e for e in events if e.involvedObject.kind == "Node" and e.involvedObject.name == self.node_name]
+
+    async def set_node_taints(self, taints: Sequence[Mapping[str, str]]) -> None:
+        """This world's Node with exactly these taints (key, value, effect): registered as a kubelet
+        with --register-with-taints does it, or its taints replaced as `kubectl taint` would."""
+        spec = NodeSpec(taints=[Taint(key=t["key"], effect=t["effect"], value=t.get("value")) for t in taints] or None)
+        try:
+            await self.kube.create(Node(metadata=ObjectMeta(name=self.node_name), spec=spec))
+        except ApiError as e:
+            if e.status.code != 409:
+                raise
+            await self.kube.patch(Node, self.node_name, {"spec": {"taints": [dict(t) for t in taints] or None}},
+                                  patch_type=PatchType.MERGE)
+
+    async def node_taints(self) -> list[dict[str, Any]]:
+        """This world's Node's taints, as `kubectl get node -o json` shows them."""
+        node = await self.kube.get(Node, self.node_name)
+        return [t.to_dict() for t in (node.spec.taints if node.spec is not None and node.spec.taints else [])]
 
     async def explain(self, *args: str) -> tuple[int, str]:
         """Run `podiam explain` against this world's API; returns exit code and output."""
