@@ -80,3 +80,43 @@ def test_a_container_the_cli_refuses_fails_the_check(certs: Path) -> None:
     code, out = check_config(chart.container(objects, "DaemonSet"), certs / "agent")
     assert code == 2
     assert "give --session-tags to `podiam server`" in out
+
+
+NOT_VALUES = {
+    "agent": {
+        "--node": "the downward API's spec.nodeName, as NODE_NAME",
+        "--host-ip": "the downward API's status.hostIP, as HOST_IP",
+        "--kubeconfig": "in-cluster configuration: the ServiceAccount's token",
+        "--server-name": "the chart's Service name is in the server certificate as the agent dials it",
+        "--check-config": "a check, not a setting",
+    },
+    "server": {
+        "--kubeconfig": "in-cluster configuration: the ServiceAccount's token",
+        "--metadata-addr": "the server's node's IMDS, only for region discovery: extraArgs if ever needed",
+        "--auto-discover-base-arn": "its pod reaches IMDS through the agent, which never serves iam/info: the chart "
+                                    "refuses it and asks for baseRoleArn",
+        "--metrics-bind-address": "a pod's own network namespace: all addresses are the pod's",
+        "--check-config": "a check, not a setting",
+    },
+}
+"""The flags the chart leaves to extraArgs or fills itself, and why."""
+
+
+def test_every_flag_of_the_cli_is_a_value_of_the_chart() -> None:
+    """A new flag fails this until a value (and a case that sets it) renders it, or it is listed above."""
+    import click  # noqa: PLC0415
+
+    from podiam import cli  # noqa: PLC0415
+
+    rendered: dict[str, set[str]] = {"agent": set(), "server": set()}
+    for values in chart.CASES.values():
+        objects = chart.render(values)
+        for kind in ("DaemonSet", "Deployment"):
+            if any(o["kind"] == kind for o in objects):
+                args = chart.container(objects, kind)["args"]
+                rendered[args[0]] |= {arg.split("=", 1)[0] for arg in args[1:]}
+    for name, command in (("agent", cli.agent), ("server", cli.server)):
+        options = [p for p in command.params if isinstance(p, click.Option)]
+        missing = [p.opts[0] for p in options
+                   if not {*p.opts, *p.secondary_opts} & rendered[name] and p.opts[0] not in NOT_VALUES[name]]
+        assert missing == [], f"podiam {name} flags no chart value renders: {missing}"
