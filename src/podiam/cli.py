@@ -182,6 +182,12 @@ _NODE_READY_TAINT = _opt(
     "nodes. Split mode: a flag of `podiam server`, which removes it when the node's agent reports ready.")
 """The node's start-up taint: the agent's in agent mode, the server's in split mode (the agent has no API access)."""
 
+# No environment variable, on purpose: one left set in a manifest would make every start a no-op.
+_CHECK_CONFIG = click.option(
+    "--check-config", is_flag=True, default=False,
+    help="Parse and check every flag and variable (and split mode's certificate files), print one line and "
+    "exit: 0 if a start would accept them, 2 with the error. Touches no network, iptables or API.")
+
 
 @main.command()
 @_policy_options
@@ -241,12 +247,18 @@ _NODE_READY_TAINT = _opt(
       help="Split mode: PEM CA bundle that signs the servers' certificates.")
 @_opt("server-name", type=str, default=None, show_default=False,
       help="Split mode: the name the server's certificate must carry [default: the address's host].")
-def agent(**flags: Any) -> None:
+@_CHECK_CONFIG
+def agent(*, check_config: bool, **flags: Any) -> None:
     """Serve pods on this node their own IAM role's credentials (kube2iam's architecture)."""
     ctx = click.get_current_context()
     given = {name for name in flags if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     try:
         settings = agent_settings(flags, os.environ, given)
+        if check_config:
+            from podiam.config_check import check_agent  # noqa: PLC0415 - loads split mode's TLS checks
+
+            click.echo(check_agent(settings))
+            return
         podiam_logging.configure(settings.log)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -399,7 +411,8 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 @_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
 @_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
       default="info", help="Log level.")
-def server(**flags: Any) -> None:
+@_CHECK_CONFIG
+def server(*, check_config: bool, **flags: Any) -> None:
     """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
     try:
         sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags))
@@ -413,6 +426,11 @@ def server(**flags: Any) -> None:
             metadata_addr=flags["metadata_addr"], pod_events=flags["pod_events"],
             ready_taint=ReadyTaintSettings(key=flags["node_ready_taint"]),
         )
+        if check_config:
+            from podiam.config_check import check_server  # noqa: PLC0415 - loads the TLS checks
+
+            click.echo(check_server(settings))
+            return
         podiam_logging.configure(settings.log)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None

@@ -44,6 +44,7 @@ from lightkube.resources.core_v1 import Event, Namespace, Node
 from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
+from podiam_sandbox.kubeapi import write_kubeconfig
 from podiam_sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
 from podiam_sandbox.split import SERVER_NAME, FlagRoute, TlsFiles, podiam_certs
 from podiam_sandbox.sts import MotoSts
@@ -61,6 +62,15 @@ MODES: tuple[Mode, ...] = ("agent", "split")
 def _tls_flags(files: tuple[str, str, str]) -> list[str]:
     cert, key, ca = files
     return ["--cert", cert, "--key", key, "--ca", ca]
+
+
+def option(argv: Sequence[str], flag: str) -> str:
+    """The value of ``flag`` in ``argv``, as ``--flag value`` or ``--flag=value``; the last wins, as in click."""
+    values = [argv[i + 1] if arg == flag else arg.split("=", 1)[1] for i, arg in enumerate(argv)
+              if arg == flag or arg.startswith(flag + "=")]
+    if not values:
+        raise WorldError(f"{flag} is not given in {list(argv)}")
+    return values[-1]
 
 
 class WorldError(Exception):
@@ -167,7 +177,7 @@ class PodiamProcess:
 
     def option(self, flag: str) -> str:
         """The value given to ``flag`` on the command line (``--app-port``, ``--metrics-port``)."""
-        return self.argv[self.argv.index(flag) + 1]
+        return option(self.argv, flag)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -257,6 +267,11 @@ class AgentProcess(PodiamProcess):
         return code
 
 
+async def _stop_quietly(process: PodiamProcess) -> None:
+    with contextlib.suppress(WorldError):
+        await process.stop()
+
+
 async def _drain(stream: asyncio.StreamReader) -> None:
     while await stream.read(65536):
         pass
@@ -304,6 +319,8 @@ class World:
         """host:port of the stand-in for the node's own IMDS."""
         self.kube: lightkube.AsyncClient
         self.kubeconfig: Path
+        self.kube_url: str
+        self._audit_log = self._tmp / "kubeapi-audit.jsonl"
 
     async def __aenter__(self) -> Self:
         self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
@@ -318,8 +335,9 @@ class World:
                 "podiam_sandbox.node_imds", "--host", "127.0.0.1", "--port", "0"
             )).removeprefix("http://").rstrip("/")
             self.kubeconfig = self._tmp / "kubeconfig"
-            await self._start_service("podiam_sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
-                                      "--kubeconfig", str(self.kubeconfig))
+            self.kube_url = await self._start_service(
+                "podiam_sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0", "--kubeconfig", str(self.kubeconfig),
+                "--audit-log", str(self._audit_log))
             self.kube = lightkube.AsyncClient(lightkube.KubeConfig.from_file(self.kubeconfig))
             self._stack.push_async_callback(self.kube.close)
             self._stack.push_async_callback(self._stop_processes)
@@ -467,6 +485,33 @@ class World:
                 await server.stop()
             raise
         return server
+
+    def user_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig of this world's API whose requests the audit log records as ``user``'s."""
+        return write_kubeconfig(self._tmp / f"kubeconfig-{user}", self.kube_url, token=user)
+
+    def api_requests(self, user: str) -> list[dict[str, Any]]:
+        """Every API request ``user`` made so far, as audit records (kubeapi_wire.audit_record)."""
+        records = [json.loads(line) for line in self._audit_log.read_text().splitlines() if line]
+        return [r for r in records if r["user"] == user]
+
+    async def start_podiam(self, args: Sequence[str], env: Mapping[str, str],
+                           server: ServerProcess | None = None) -> AgentProcess | ServerProcess:
+        """Start ``podiam ARGS`` (``agent ...`` or ``server ...``) exactly as given, with ``env`` besides
+        PATH and LANG, and wait until it is ready: a manifest's container, its addresses and paths
+        replaced by the test. An agent is stopped with the world (with ``server``, its server too)."""
+        argv = [sys.executable, "-m", "podiam", *args]
+        full_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **env}
+        metrics_port = int(option(args, "--metrics-port"))
+        log_path = self._tmp / f"{args[0]}-{len(self.agents)}-rendered.log"
+        if args[0] == "server":
+            process: AgentProcess | ServerProcess = ServerProcess(argv, full_env, log_path, metrics_port)
+            self._stack.push_async_callback(_stop_quietly, process)
+        else:
+            process = AgentProcess(argv, full_env, log_path, metrics_port, server=server)
+            self.agents.append(process)
+        await process.start()
+        return process
 
     def split_agent_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """A split agent's whole environment, from nothing: no AWS credentials, STS address or kubeconfig."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from podiam.errors import ConfigError
@@ -82,6 +84,37 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """The agent's side: its client certificate, and the CA the server's must be signed by."""
     cert, key, ca = files.read()
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+_USAGES = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+def check_files(files: TlsFiles, side: Literal["client", "server"]) -> None:
+    """What a handshake would find wrong with these files, as ConfigError: unreadable or not PEM,
+    a key that is not the certificate's, a certificate without ``side``'s extended key usage
+    (the other side refuses it), a CA file with no certificate. Reads the files, nothing else."""
+    cert_pem, key_pem, ca_pem = files.read()
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError as e:
+        raise ConfigError(f"--cert: {files.cert} holds no PEM certificate: {e}") from e
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:  # TypeError: an encrypted key, which podiam cannot unlock
+        raise ConfigError(f"--key: {files.key} holds no unencrypted PEM private key: {e}") from e
+    if key.public_key() != chain[0].public_key():
+        raise ConfigError(f"--key: {files.key} is not the private key of the certificate in {files.cert}")
+    try:
+        usage = chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = x509.ExtendedKeyUsage([])
+    if _USAGES[side] not in usage:
+        raise ConfigError(f"--cert: the certificate in {files.cert} lacks the {side}Auth extended key usage, "
+                          f"so the other side refuses it (`podiam certs init` writes one per side)")
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+    except ValueError as e:
+        raise ConfigError(f"--ca: {files.ca} holds no PEM certificate: {e}") from e
 
 
 def is_client_certificate(pem: bytes) -> bool:
