@@ -23,7 +23,7 @@ from podiam.remote import podiam_pb2 as pb
 from podiam.remote import podiam_pb2_grpc as pb_grpc
 from podiam.remote.feed import ClusterFeed
 from podiam.remote.reports import RefusalRecorder, refusals_from_wire
-from podiam.remote.tls import TlsFiles, is_client_certificate, server_credentials
+from podiam.remote.tls import CertificateExpiry, TlsFiles, is_client_certificate, server_credentials
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -152,7 +152,7 @@ class GrpcServer:
         ])
         service = PodiamService(feed, ServerMetrics(metrics), refusals, synced)
         pb_grpc.add_PodiamServicer_to_server(service, self._server)
-        self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
+        self._port = self._server.add_secure_port(settings.bind, server_credentials(files, CertificateExpiry(metrics)))
         if not self._port:
             raise ConfigError(f"--bind: cannot listen on {settings.bind}")
 
