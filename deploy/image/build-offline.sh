@@ -82,10 +82,16 @@ platforms+=(--platform "manylinux2014_$(uname -m)" --platform "manylinux2010_$(u
   --python-version "$base_python" --implementation cp "${platforms[@]}" "${requirements[@]}"
 step "wheelhouse: $(find "$work/wheels" -name '*.whl' | wc -l) wheels for Python $base_python, glibc ${glibc/_/.}"
 
-podman build --pull=never --network=none --file deploy/image/Dockerfile --tag "$image" \
+# No layer cache (--layers=false): the base is what is worth keeping, and the stages of every
+# earlier build would pile up in podman's storage as unnamed images.
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+podman build --layers=false --pull=never --network=none --file deploy/image/Dockerfile --tag "$image" \
   --build-arg BASE="$base" --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
   --volume "$work/wheels:/wheels:ro" \
   --build-arg VERSION="$("$python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')" \
   --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
   . >&2
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true  # still used by a container: left
+fi
 step "image $image: built"
