@@ -298,10 +298,13 @@ class World:
     """``async with World() as world:`` builds the node; everything is removed on exit."""
 
     def __init__(self, node_name: str = NODE_NAME, *, mode: Mode = "agent",
-                 flag_route: FlagRoute | None = None) -> None:
+                 flag_route: FlagRoute | None = None, podiam_command: Sequence[str] | None = None) -> None:
+        """``podiam_command`` runs the agents and servers instead of this interpreter's ``-m podiam``
+        (the image tests give a ``podman run`` of the image); it gets the same argv and environment."""
         if mode == "split" and flag_route is None:
             raise WorldError("split mode needs the CLI's flag route, to give each flag to the server or the agent")
         self.node_name = node_name
+        self._podiam_command = tuple(podiam_command) if podiam_command is not None else None
         self.mode: Mode = mode
         self._flag_route = flag_route
         self.tls: TlsFiles | None = None
@@ -400,9 +403,18 @@ class World:
             "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-credentials"),
         }
 
-    def agent_argv(self, *extra: str, app_port: int, metrics_port: int, iptables: bool = True) -> list[str]:
+    def _podiam(self, interpreter_flags: Sequence[str] = ()) -> list[str]:
+        """The command that runs podiam: this interpreter's module, or ``podiam_command``."""
+        if self._podiam_command is None:
+            return [sys.executable, *interpreter_flags, "-m", "podiam"]
+        if interpreter_flags:
+            raise WorldError("interpreter flags need podiam run by this interpreter, not podiam_command")
+        return list(self._podiam_command)
+
+    def agent_argv(self, *extra: str, app_port: int, metrics_port: int, iptables: bool = True,
+                   interpreter_flags: Sequence[str] = ()) -> list[str]:
         argv = [
-            sys.executable, "-m", "podiam", "agent",
+            *self._podiam(interpreter_flags), "agent",
             "--node", self.node_name,
             "--kubeconfig", str(self.kubeconfig),
             "--app-port", str(app_port),
@@ -430,9 +442,8 @@ class World:
             return await self._start_split_agent(extra, iptables=iptables, app_port=app_port, env=env,
                                                  interpreter_flags=interpreter_flags, wrapper=wrapper)
         metrics_port = free_port()
-        argv = self.agent_argv(*extra, app_port=app_port or free_port(),
-                               metrics_port=metrics_port, iptables=iptables)
-        argv[1:1] = interpreter_flags
+        argv = self.agent_argv(*extra, app_port=app_port or free_port(), metrics_port=metrics_port,
+                               iptables=iptables, interpreter_flags=interpreter_flags)
         argv[0:0] = wrapper
         agent_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
                      **self.sts.client_env(), **(env or {})}
@@ -451,7 +462,7 @@ class World:
         assert self.tls is not None, "a server needs split mode's certificates: World(mode='split')"
         metrics_port = free_port()
         argv = [
-            sys.executable, "-m", "podiam", "server",
+            *self._podiam(), "server",
             "--kubeconfig", str(self.kubeconfig),
             "--bind", f"127.0.0.1:{free_port()}",
             *_tls_flags(self.tls.server),
@@ -559,7 +570,7 @@ class World:
             servers = [owned]
         metrics_port = free_port()
         argv = [
-            *wrapper, sys.executable, *interpreter_flags, "-m", "podiam", "agent",
+            *wrapper, *self._podiam(interpreter_flags), "agent",
             "--node", self.node_name,
             "--app-port", str(app_port or free_port()),
             "--metrics-port", str(metrics_port),

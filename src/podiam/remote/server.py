@@ -25,7 +25,7 @@ from podiam.remote import podiam_pb2_grpc as pb_grpc
 from podiam.remote.feed import ClusterFeed
 from podiam.remote.ready import ReadyNodes
 from podiam.remote.reports import RefusalRecorder, refusals_from_wire
-from podiam.remote.tls import TlsFiles, is_client_certificate, server_credentials
+from podiam.remote.tls import CertificateExpiry, TlsFiles, is_client_certificate, server_credentials
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -197,7 +197,7 @@ class GrpcServer:
         service = PodiamService(feed, ServerMetrics(metrics), refusals, synced, ready_nodes)
         pb_grpc.add_PodiamServicer_to_server(service, self._server)
         try:
-            self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
+            self._port = self._server.add_secure_port(settings.bind, server_credentials(files, CertificateExpiry(metrics)))
         except RuntimeError as e:  # grpcio's way of saying the address is taken or not ours
             raise ConfigError(f"--bind: cannot listen on {settings.bind} (in use, or not this host's)") from e
         if not self._port:
