@@ -38,6 +38,9 @@ Manifest = dict[str, Any]
 BASE_ROLE_ARN = "arn:aws:iam::123456789012:role/pods/"
 """A base role ARN for the cases that need one (split mode, whose server cannot discover it)."""
 
+READY_TAINT = "podiam.io/agent-not-ready"
+"""The start-up taint of the cases that set agent.nodeReadyTaint (docs/deploying.md's example)."""
+
 BASES: dict[str, Values] = {
     "agent": {},
     # Split mode's server cannot discover the base ARN, and a base cannot know the account:
@@ -81,6 +84,9 @@ CASES: dict[str, Values] = {
                                                                 "group": "cert-manager.io"}}}},
     "split-no-restrictions-no-events": {"mode": "split", "baseRoleArn": BASE_ROLE_ARN,
                                         "namespaceRestrictions": {"enabled": False}, "podEvents": False},
+    "agent-iptables-legacy-ready-taint": {"agent": {"iptablesMode": "legacy", "nodeReadyTaint": READY_TAINT}},
+    "split-iptables-nft-ready-taint": {"mode": "split", "baseRoleArn": BASE_ROLE_ARN,
+                                       "agent": {"iptablesMode": "nft", "nodeReadyTaint": READY_TAINT}},
     "split-every-value": {**_EVERY_POLICY_VALUE, "mode": "split", "agent": _EVERY_AGENT_VALUE,
                           "server": {"replicas": 3, "grpcPort": 9611, "metricsPort": 9621, "fetchers": 4,
                                      "assumeRoleArn": "arn:aws:iam::123456789012:role/podiam-chain",

@@ -139,3 +139,28 @@ async def test_the_charts_containers_serve_a_role_and_use_exactly_the_rbac_grant
         ("list", "pods"), ("watch", "pods"), ("list", "namespaces"), ("watch", "namespaces"),
         ("create", "events"), ("patch", "events"),
     }
+
+
+READY_CASE = {"agent": "agent-iptables-legacy-ready-taint", "split": "split-iptables-nft-ready-taint"}
+"""The chart's cases with agent.nodeReadyTaint (and a named iptables backend) set, per mode."""
+
+
+async def test_the_charts_node_ready_taint_goes_and_its_nodes_grant_is_exactly_what_is_used(world: World) -> None:
+    """With agent.nodeReadyTaint the chart grants nodes get/patch to whoever removes the taint
+    (the agent, or in split mode the server, which renders the flag) and nothing else more."""
+    objects = chart.render(chart.CASES[READY_CASE[world.mode]])
+    other = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
+    await world.set_node_taints([{"key": chart.READY_TAINT, "value": "true", "effect": "NoSchedule"}, other])
+    agent, user = await start_rendered(world, objects)
+
+    async def untainted() -> bool:
+        return await world.node_taints() == [other]
+
+    await wait_until(untainted, 15, "the node-ready taint to go")
+    assert await agent.stop() == 0, agent.logs()[-3000:]
+    assert ("get", "nodes") in granted(objects) and ("patch", "nodes") in granted(objects)
+    assert {pair for pair in used(world.api_requests(user)) if pair[1] == "nodes"} == {("get", "nodes"),
+                                                                                       ("patch", "nodes")}
+    # The rest of the grant is the defaults': watched and listed pods and namespaces, events
+    # (none written here: no pod was refused), and the nodes above.
+    assert used(world.api_requests(user)) <= granted(objects)
