@@ -161,8 +161,10 @@ _POLICY_OPTIONS = [
     _opt("sts-timeout", type=DURATION, default="5s", help="Deadline of one AssumeRole call, retries included."),
     _opt("iam-role-error-ttl", type=DURATION, default="10s",
         help="How long an STS error for one identity is answered from memory before STS is asked again."),
+    _opt("region", type=str, default=None, show_default=False,
+        help="AWS region of STS calls [default: AWS_REGION, else AWS_DEFAULT_REGION, else the node's placement]"),
     _opt("use-regional-sts-endpoint", is_flag=True, default=False,
-        help="Use the regional STS endpoint of the region (AWS_REGION / AWS_DEFAULT_REGION / node placement)."),
+        help="Use the regional STS endpoint of the region (--region / AWS_REGION / AWS_DEFAULT_REGION / placement)."),
     _opt("metadata-addr", type=str, default="169.254.169.254",
         help="The node's real metadata service, host or host:port, for allow-listed paths only."),
 ]
@@ -274,9 +276,15 @@ def _positive(flags: dict[str, Any], name: str) -> float:
     return value
 
 
-def _region(environ: Mapping[str, str]) -> str | None:
-    """AWS_REGION first: most SDKs read it; botocore alone reads only AWS_DEFAULT_REGION."""
-    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}", re.ASCII)
+"""An AWS region's name: us-east-1, eu-central-2, us-gov-west-1, cn-northwest-1."""
+
+
+def _region(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """--region (kiam's flag), then AWS_REGION: most SDKs read it; botocore alone reads only AWS_DEFAULT_REGION."""
+    if flag is not None and not REGION_RE.fullmatch(flag):
+        raise ConfigError(f"--region: {flag!r} is not an AWS region name (like us-east-1)")
+    return flag or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
 
 
 def _role_settings(flags: dict[str, Any]) -> RoleSettings:
@@ -309,7 +317,7 @@ def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str], **server: A
         session_refresh=flags["session_refresh"],
         call_timeout=flags["sts_timeout"],
         error_ttl=flags["iam_role_error_ttl"],
-        region=_region(environ),
+        region=_region(flags["region"], environ),
         regional_endpoint=flags["use_regional_sts_endpoint"],
         **server,
     )
@@ -332,7 +340,7 @@ SERVER_POLICY_FLAGS = (
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
     "disable_strict_namespace_regexp",
     "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
-    "sts_timeout", "iam_role_error_ttl", "use_regional_sts_endpoint", "pod_events", "node_ready_taint",
+    "sts_timeout", "iam_role_error_ttl", "region", "use_regional_sts_endpoint", "pod_events", "node_ready_taint",
 )
 """Agent flags that are the server's in split mode: the agent holds no policy, STS or API access."""
 
@@ -465,7 +473,7 @@ def explain(*, pod: str | None, namespace: str, ip: str | None, node: str | None
             metadata_addr=flags["metadata_addr"],
         )
         if assume and settings.sts.region is None:
-            raise click.UsageError("--assume needs a region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+            raise click.UsageError("--assume needs a region: --region, or AWS_REGION (or AWS_DEFAULT_REGION)")
         # The report is the output: the agent's own warnings (e.g. the namespace index's about a
         # malformed annotation, which the report lists as a failed check) go to stderr, errors only.
         podiam_logging.configure(LogSettings(level="error"))

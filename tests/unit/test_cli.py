@@ -66,6 +66,7 @@ def test_missing_node_is_a_usage_error() -> None:
     (["--log-format", "xml"], "xml"),
     (["--iptables-check-interval", "0s"], "--iptables-check-interval must be longer than 0s"),
     (["--metrics-bind-address", "all"], "'all' is not an IPv4 or IPv6 address"),
+    (["--region", "Virginia"], "--region: 'Virginia' is not an AWS region name"),
 ])
 def test_bad_flags_are_refused_clearly(args: list[str], message: str) -> None:
     code, out = run("agent", "--node", "n1", *args)
@@ -106,6 +107,7 @@ SPLIT = ("agent", "--node", "n1", "--server-address", "podiam:9610", "--cert", "
     (["--session-duration", "2h"], {}, "--session-duration"),
     (["--no-pod-events"], {}, "--no-pod-events"),
     (["--disable-strict-namespace-regexp"], {}, "--disable-strict-namespace-regexp"),
+    (["--region", "eu-west-1"], {}, "--region"),
     ([], {"PODIAM_IAM_ROLE_KEY": "x"}, "--iam-role-key"),  # from the environment too
 ])
 def test_a_split_mode_agent_refuses_the_servers_flags(args: list[str], env: dict[str, str], named: str) -> None:
@@ -211,3 +213,17 @@ def test_the_node_ready_taint_needs_the_rule() -> None:
     code, out = run("agent", "--node", "n1", "--node-ready-taint", "podiam.io/agent-not-ready")
     assert code == 2
     assert "--node-ready-taint needs --iptables" in out
+
+
+@pytest.mark.parametrize(("args", "env", "region"), [
+    ([], {}, None),
+    ([], {"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),
+    ([], {"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-west-1"}, "eu-central-1"),
+    (["--region", "us-gov-west-1"], {"AWS_REGION": "eu-central-1"}, "us-gov-west-1"),  # kiam's flag first
+])
+def test_the_sts_region_is_the_flag_then_the_environment(args: list[str], env: dict[str, str],
+                                                         region: str | None) -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env={}):
+        params = command.make_context("agent", ["--node", "n1", *args]).params
+    assert agent_settings(params, env).sts.region == region
