@@ -26,9 +26,6 @@ COMMAND = "scripts/monitoring-dashboard"
 S = '{job=~"$job", instance=~"$instance"}'
 """Every selector's filter: the dashboard's job and instance variables."""
 RATE = "$__rate_interval"
-AGENTS = "unless on (job, instance) podiam_server_streams"
-"""Keeps servers out of agent-only panels: every process exports the agent's metrics, and only
-servers export podiam_server_streams (a server has no DNAT rule, its gauge stays 0)."""
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WIDTH = 24
 
@@ -103,7 +100,7 @@ ROWS = (
     Row("Node", (
         Panel("DNAT rule present", "1 while the agent's iptables rule is installed; 0 means pods reach "
               "the node's own IMDS.", "short",
-              (q(f"min by (instance) (podiam_iptables_rule_present{S} {AGENTS})", "{{instance}}"),)),
+              (q(f"min by (instance) (podiam_iptables_rule_present{S})", "{{instance}}"),)),
         Panel("DNAT rule restored and check errors",
               "Times the rule was found deleted and put back, and iptables calls that failed.", "short",
               (q(f"sum by (instance) (increase(podiam_iptables_rule_restored_total{S}[{RATE}]))",
@@ -121,7 +118,7 @@ ROWS = (
                  "{{resource}} {{reason}}"),)),
         Panel("Pods indexed", "Active pods in each process's index (a server's: every node's).", "short",
               (q(f"sum by (instance) (podiam_pods_indexed{S})", "{{instance}}"),
-               q(f"min(podiam_pod_index_synced{S} unless on (job, instance) podiam_remote_connected)",
+               q(f"min(podiam_pod_index_synced{S})",
                  "all indexes synced"))),
         Panel("Warning events", "Events written for pods and nodes, by reason and outcome.", "short",
               (q(f"sum by (reason, outcome) (increase(podiam_kube_events_total{S}[{RATE}]))",

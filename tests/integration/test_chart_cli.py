@@ -89,6 +89,7 @@ NOT_VALUES = {
         "--kubeconfig": "in-cluster configuration: the ServiceAccount's token",
         "--server-name": "the chart's Service name is in the server certificate as the agent dials it",
         "--check-config": "a check, not a setting",
+        "--region": "aws.region, as AWS_REGION, which the SDKs in the container read as well",
     },
     "server": {
         "--kubeconfig": "in-cluster configuration: the ServiceAccount's token",
@@ -97,6 +98,7 @@ NOT_VALUES = {
                                     "refuses it and asks for baseRoleArn",
         "--metrics-bind-address": "a pod's own network namespace: all addresses are the pod's",
         "--check-config": "a check, not a setting",
+        "--region": "aws.region, as AWS_REGION, which the SDKs in the container read as well",
     },
 }
 """The flags the chart leaves to extraArgs or fills itself, and why."""

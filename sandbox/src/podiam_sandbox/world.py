@@ -323,10 +323,11 @@ class World:
         self.kube: lightkube.AsyncClient
         self.kubeconfig: Path
         self.kube_url: str
-        self._audit_log = self._tmp / "kubeapi-audit.jsonl"
+        self._audit_log: Path
 
     async def __aenter__(self) -> Self:
         self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
+        self._audit_log = self._tmp / "kubeapi-audit.jsonl"
         if not os.environ.get("PODIAM_KEEP_WORLD"):  # its logs, certificates, kubeconfig: gone last
             self._stack.callback(shutil.rmtree, self._tmp, ignore_errors=True)
         try:

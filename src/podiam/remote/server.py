@@ -196,8 +196,9 @@ class GrpcServer:
         ])
         service = PodiamService(feed, ServerMetrics(metrics), refusals, synced, ready_nodes)
         pb_grpc.add_PodiamServicer_to_server(service, self._server)
+        credentials = server_credentials(files, CertificateExpiry(metrics))
         try:
-            self._port = self._server.add_secure_port(settings.bind, server_credentials(files, CertificateExpiry(metrics)))
+            self._port = self._server.add_secure_port(settings.bind, credentials)
         except RuntimeError as e:  # grpcio's way of saying the address is taken or not ours
             raise ConfigError(f"--bind: cannot listen on {settings.bind} (in use, or not this host's)") from e
         if not self._port:
