@@ -130,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--history-limit", type=int, default=10_000, metavar="CHANGES",
                         help="changes kept for watch resumption (default: %(default)s)")
     args = parser.parse_args(argv)
-    emulator = KubeApiEmulator(bookmark_interval=args.bookmark_interval, history_limit=args.history_limit)
+    # Nothing outside this process can read its request history or add reactions: keep none.
+    emulator = KubeApiEmulator(bookmark_interval=args.bookmark_interval, history_limit=args.history_limit,
+                               keep_requests=False)
     asyncio.run(_serve(emulator, host=args.host, port=args.port, kubeconfig=args.kubeconfig,
                        namespaces=args.namespace))
     return 0
