@@ -290,10 +290,12 @@ async def run(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | N
 @contextlib.asynccontextmanager
 async def spawned(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdout: Any = None,
                   stderr: Any = None, stdin: Any = asyncio.subprocess.DEVNULL,
-                  stop_signal: int = signal.SIGTERM) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A long-running process for the block's duration; always stopped (group-wide) at exit."""
+                  stop_signal: int = signal.SIGTERM,
+                  line_limit: int = 2**16) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A long-running process for the block's duration; always stopped (group-wide) at exit.
+    ``line_limit``: the longest line its piped output may be read by (readline), in bytes."""
     process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=stdout, stderr=stderr, stdin=stdin,
-                                                   start_new_session=True)
+                                                   start_new_session=True, limit=line_limit)
     try:
         yield process
     finally:

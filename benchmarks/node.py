@@ -32,8 +32,7 @@ PODCLIENT = BENCH_DIR / "podclient.py"
 async def bench_world() -> AsyncIterator[World]:
     """A fresh sandboxed node; on failure the agents' logs are printed before it is torn down.
 
-    Fresh per scenario (or per run) on purpose: the API emulator (kmock) checks every request
-    against its whole request history, so its writes slow down as requests accumulate.
+    Fresh per scenario (or per run): every scenario starts from an empty API and moto.
     """
     async with World() as world:
         try:
@@ -67,12 +66,12 @@ async def served_credentials(pod: WorldPod, path: str) -> tuple[str, bytes]:
     return token, resp.body
 
 
-async def create_pod(world: World, name: str, namespace: str, role: str | None) -> None:
-    """The Pod object as the scheduler leaves it: bound to this node, no IP yet."""
+async def create_pod(world: World, name: str, namespace: str, role: str | None, node: str | None = None) -> None:
+    """The Pod object as the scheduler leaves it: bound to this node (or ``node``), no IP yet."""
     await world.ensure_namespace(namespace)
     await world.kube.create(KubePod(
         metadata=ObjectMeta(name=name, namespace=namespace, annotations={ROLE_KEY: role} if role else {}),
-        spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=world.node_name,
+        spec=PodSpec(containers=[Container(name="app", image="app")], nodeName=node or world.node_name,
                      serviceAccountName="default"),
     ))
 

@@ -48,6 +48,16 @@ class Profile:
     churn_rounds: int
     churn_seconds: float
 
+    # 8. split-mode server at scale
+    scale_sizes: tuple[tuple[int, int], ...]
+    """(pods, nodes) of each cluster the server is measured with."""
+    scale_runs: int
+    """Fresh clusters per size (each one creates every pod and prefetches every identity)."""
+    scale_ip_rate: float
+    """Pod IPs written into the API per second, steadily, in the round that measures the delay."""
+    scale_idle_seconds: float
+    """How long the server's CPU is read with every agent connected and nothing changing."""
+
 
 FULL = Profile(
     name="full", runs=3,
@@ -57,6 +67,7 @@ FULL = Profile(
     app_seconds=8,
     pod_counts=(0, 110, 500), soak_seconds=300, soak_rate=50, soak_pods=10, soak_sample_seconds=5,
     churn_rounds=10, churn_seconds=10,
+    scale_sizes=((5000, 100), (10000, 200)), scale_runs=1, scale_ip_rate=100, scale_idle_seconds=10,
 )
 
 SMOKE = Profile(
@@ -67,6 +78,7 @@ SMOKE = Profile(
     app_seconds=1,
     pod_counts=(0, 10), soak_seconds=3, soak_rate=10, soak_pods=2, soak_sample_seconds=1,
     churn_rounds=2, churn_seconds=1,
+    scale_sizes=((40, 4),), scale_runs=1, scale_ip_rate=40, scale_idle_seconds=1,
 )
 
 PROFILES = {p.name: p for p in (FULL, SMOKE)}

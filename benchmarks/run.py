@@ -39,9 +39,19 @@ from benchmarks import report
 from benchmarks.common import REPO, ScenarioResult, agent_env, run
 from benchmarks.http_load import tools_missing, versions
 from benchmarks.profiles import PROFILES, Context, Profile
-from benchmarks.scenarios import app_impact, churn, hot_path, memory, split_mode, startup_burst, sts_economy
+from benchmarks.scenarios import (
+    app_impact,
+    churn,
+    hot_path,
+    memory,
+    server_scale,
+    split_mode,
+    startup_burst,
+    sts_economy,
+)
 
-SCENARIOS: list[ModuleType] = [hot_path, sts_economy, startup_burst, app_impact, memory, churn, split_mode]
+SCENARIOS: list[ModuleType] = [hot_path, sts_economy, startup_burst, app_impact, memory, churn, split_mode,
+                               server_scale]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 

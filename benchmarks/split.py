@@ -3,6 +3,7 @@ Split mode on the sandboxed node: certificates from ``podiam certs init``, a ``p
 process (the only one with STS credentials and the kubeconfig) and a ``podiam agent
 --server-address`` process fed by its stream (neither AWS credentials nor a kubeconfig in
 its environment or argv), both registered with the world so that they are stopped with it.
+Scenario 8 starts the server alone and feeds simulated agents (``fleet.py``) from it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ SERVER_NAME = "podiam-server"
 class Pki:
     dir: Path
 
-    def files(self, side: str) -> list[str]:
+    def paths(self, side: str) -> tuple[str, str, str]:
+        """(certificate, key, CA bundle) of ``side``: "server" or "agent"."""
         d = self.dir / side
-        return ["--cert", str(d / "tls.crt"), "--key", str(d / "tls.key"), "--ca", str(d / "ca.crt")]
+        return str(d / "tls.crt"), str(d / "tls.key"), str(d / "ca.crt")
+
+    def files(self, side: str) -> list[str]:
+        cert, key, ca = self.paths(side)
+        return ["--cert", cert, "--key", key, "--ca", ca]
 
 
 @dataclass
@@ -48,26 +54,45 @@ async def certs_init(workdir: Path, result: ScenarioResult) -> Pki:
     return Pki(workdir / "pki")
 
 
+@dataclass
+class Server:
+    """A `podiam server` on loopback; ``process.pid`` for /proc readings."""
+
+    process: AgentProcess
+    grpc_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+async def start_server(world: World, workdir: Path, result: ScenarioResult, pki: Pki, *flags: str) -> Server:
+    """`podiam server` on loopback against the world's API and STS, registered with the world
+    (stopped with it); returns once ready (the cluster's pods listed)."""
+    grpc_port, metrics_port = free_port(), free_port()
+    server_argv = [
+        sys.executable, "-m", "podiam", "server",
+        "--kubeconfig", str(world.kubeconfig),
+        "--bind", f"127.0.0.1:{grpc_port}",
+        "--metrics-port", str(metrics_port),
+        "--base-role-arn", BASE_ARN,
+        "--metadata-addr", world.node_imds_addr,
+        *pki.files("server"), *flags,
+    ]  # fmt: skip
+    server = AgentProcess(server_argv, {**_base_env(), **world.sts.client_env()},
+                          workdir / "podiam-server.log", metrics_port)
+    world.agents.append(server)
+    result.command(server_argv)
+    await server.start()
+    return Server(server, grpc_port)
+
+
 async def start_split(world: World, workdir: Path, result: ScenarioResult, *agent_flags: str,
                       server_flags: tuple[str, ...] = ("--log-level", "warning")) -> Split:
     """`podiam server` on loopback, then a split agent of this node streaming from it (ready:
     first snapshot received). The agent installs no rule: the caller puts it behind one."""
     pki = await certs_init(workdir, result)
-    grpc_port = free_port()
-    server_argv = [
-        sys.executable, "-m", "podiam", "server",
-        "--kubeconfig", str(world.kubeconfig),
-        "--bind", f"127.0.0.1:{grpc_port}",
-        "--metrics-port", str(metrics := free_port()),
-        "--base-role-arn", BASE_ARN,
-        "--metadata-addr", world.node_imds_addr,
-        *pki.files("server"), *server_flags,
-    ]  # fmt: skip
-    server = AgentProcess(server_argv, {**_base_env(), **world.sts.client_env()},
-                          workdir / "podiam-server.log", metrics)
-    world.agents.append(server)
-    result.command(server_argv)
-    await server.start()
+    server = await start_server(world, workdir, result, pki, *server_flags)
     app_port = free_port()
     agent_argv = [
         sys.executable, "-m", "podiam", "agent",
@@ -77,11 +102,11 @@ async def start_split(world: World, workdir: Path, result: ScenarioResult, *agen
         "--host-ip", world.net.gateway_ip,
         "--host-interface", world.net.bridge_name,
         "--metadata-addr", world.node_imds_addr,
-        "--server-address", f"127.0.0.1:{grpc_port}", "--server-name", SERVER_NAME,
+        "--server-address", server.address, "--server-name", SERVER_NAME,
         *pki.files("agent"), *agent_flags,
     ]  # fmt: skip
     agent = AgentProcess(agent_argv, _base_env(), workdir / "split-agent.log", metrics)
     world.agents.append(agent)
     result.command(agent_argv)
     await agent.start()
-    return Split(server, agent, app_port)
+    return Split(server.process, agent, app_port)

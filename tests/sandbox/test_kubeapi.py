@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.types import PatchType, on_error_retry
 
 from podiam_sandbox.kubeapi import KubeApi, KubeApiEmulator, run_kubeapi
+from podiam_sandbox.world import wait_until
 
 DEADLINE = 5.0
 """Seconds any single wait may take before the test fails (they normally take milliseconds)."""
@@ -699,6 +700,66 @@ async def test_a_node_patch_with_a_stale_version_is_409_and_changes_nothing(
         await kube.patch(Node, "node-1", stale, patch_type=PatchType.MERGE)
     assert (error.value.status.code, error.value.status.reason) == (409, "Conflict")
     assert [t["key"] for t in (await emulator.get_object("nodes", "node-1"))["spec"]["taints"]] == ["a", "c"]
+
+
+# --- Resources and the request history ----------------------------------------------------------
+
+
+async def test_an_undeclared_resource_is_served_once_it_has_objects(http: aiohttp.ClientSession) -> None:
+    async with http.get("/apis/example.com/v1/widgets") as resp:
+        assert resp.status == 404
+    async with http.post("/apis/example.com/v1/namespaces/default/widgets", json={"metadata": {"name": "w"}}) as resp:
+        assert resp.status == 201
+    async with http.get("/apis/example.com/v1/widgets") as resp:
+        assert resp.status == 200
+        assert [item["metadata"]["name"] for item in (await resp.json())["items"]] == ["w"]
+    async with http.get("/apis/example.com/v1/gadgets") as resp:
+        assert resp.status == 404
+
+
+@pytest.mark.parametrize(("keep_requests", "kept"), [(True, 1), (False, 0)])
+async def test_reactions_intercept_whether_or_not_requests_are_kept(
+    tmp_path: Path, keep_requests: bool, kept: int,
+) -> None:
+    async with run_kubeapi(emulator=KubeApiEmulator(keep_requests=keep_requests)) as api:
+        injected = kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="injected")
+        reaction = api.emulator["post /api/v1/namespaces/default/pods"] << injected
+        client = lightkube.AsyncClient(lightkube.KubeConfig.from_file(api.write_kubeconfig(tmp_path / "kc")),
+                                       trust_env=False)
+        try:
+            with pytest.raises(ApiError) as error:
+                await client.create(Pod.from_dict(pod("a")))
+            assert (error.value.status.code, error.value.status.message) == (503, "injected")
+            await client.create(Pod.from_dict(pod("b", "other")))  # not intercepted: the emulator's own
+        finally:
+            await client.close()
+        assert (len(reaction), len(api.emulator)) == (kept, 2 * kept)
+        assert [p["metadata"]["name"] for p in await api.emulator.list_objects("pods")] == ["b"]
+
+
+async def test_an_emulator_that_keeps_no_requests_holds_only_those_in_flight() -> None:
+    async with (
+        run_kubeapi(emulator=KubeApiEmulator(keep_requests=False)) as api,
+        aiohttp.ClientSession(base_url=api.url) as http,
+    ):
+        emulator = api.emulator
+        for name in ("a", "b"):
+            async with http.post("/api/v1/namespaces/default/pods", json=pod(name)) as resp:
+                assert resp.status == 201
+        async with http.patch("/api/v1/namespaces/default/pods/a", json={"metadata": {"labels": {"x": "y"}}},
+                              headers={"Content-Type": "application/merge-patch+json"}) as resp:
+            assert resp.status == 200
+        assert len(emulator) == 0
+        async with http.get(PODS, params={"watch": "true"}) as resp:
+            assert [summary(event) for event in await lines(resp, 2)] == [("ADDED", "a", 3), ("ADDED", "b", 2)]
+            assert len(emulator) == 1  # the watch, while it streams
+        await wait_until(lambda: _none_in_flight(emulator), DEADLINE, "the watch to be forgotten")
+        assert [(p["metadata"]["name"], p["metadata"]["labels"]) for p in await emulator.list_objects("pods")] == [
+            ("a", {"x": "y"}), ("b", {})]
+
+
+async def _none_in_flight(emulator: KubeApiEmulator) -> bool:
+    return len(emulator) == 0
 
 
 # --- The standalone server ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import httpx2 as httpx
 import lightkube
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod
 
 from podiam.kube.watcher import ListWatcher, WatchHealth
@@ -175,3 +176,49 @@ async def test_watch_streams_that_end_at_once_are_retried_with_back_off_not_in_a
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class BacklogApi(FakeApi):
+    """A watch whose events are all buffered already (a server that fell behind, catching up):
+    each one comes without the stream suspending, as lines already read from the socket do."""
+
+    def __init__(self, events: int) -> None:
+        super().__init__()
+        self.failing = False
+        self.events = events
+
+    async def watch(self, resource: type[Any], **_: Any) -> AsyncIterator[tuple[str, Any]]:
+        self.watches += 1
+        for i in range(self.events):
+            yield ("MODIFIED", Pod(metadata=ObjectMeta(name=f"p{i}", resourceVersion=str(8 + i))))
+        await asyncio.Event().wait()  # then a healthy watch with nothing more to report
+
+
+async def test_a_backlog_of_watch_events_leaves_the_event_loop_to_others_between_events() -> None:
+    """The loop is shared with the metadata endpoint (agent), the agents' streams (server) and the
+    probes: catching up on thousands of events must not hold it for all of them at once."""
+    api, ticks, seen = BacklogApi(events=50), [0], []
+    applied = asyncio.Event()
+
+    class TickingSink(Sink):
+        def apply(self, kind: str, obj: Any) -> None:
+            seen.append(ticks[0])
+            if len(seen) == api.events:
+                applied.set()
+
+    async def others() -> None:  # whatever else the loop runs: it counts the turns it gets
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep(0)
+
+    watcher = ListWatcher(cast(lightkube.AsyncClient, api), Pod, TickingSink(), KubeSettings(node_name="n"),
+                          Metrics(), what="pods on n")
+    tasks = [asyncio.create_task(others(), name="others"), asyncio.create_task(watcher.run(), name="watcher")]
+    try:
+        async with asyncio.timeout(10):
+            await applied.wait()
+        assert len(set(seen)) == api.events, f"{api.events} events applied in {len(set(seen))} turns of the loop"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--audit-log", type=Path, metavar="PATH",
                         help="append one JSON line per request: user (token), RBAC verb, object")
     args = parser.parse_args(argv)
-    emulator = KubeApiEmulator(bookmark_interval=args.bookmark_interval, history_limit=args.history_limit)
+    # Nothing outside this process can read its request history or add reactions: keep none.
+    emulator = KubeApiEmulator(bookmark_interval=args.bookmark_interval, history_limit=args.history_limit,
+                               keep_requests=False)
     with contextlib.ExitStack() as files:
         audit = files.enter_context(args.audit_log.open("a", encoding="utf-8")) if args.audit_log else None
         asyncio.run(_serve(emulator, host=args.host, port=args.port, kubeconfig=args.kubeconfig,
