@@ -28,6 +28,7 @@ from podiam.observability import logging as podiam_logging
 from podiam.policy import ROLE_ARN_RE
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
+    IPTABLES_MODES,
     AgentSettings,
     ExplainSettings,
     ImdsSettings,
@@ -35,6 +36,7 @@ from podiam.settings import (
     LogSettings,
     MetricsSettings,
     NodeSettings,
+    ReadyTaintSettings,
     RemoteSettings,
     RestrictionSettings,
     RoleSettings,
@@ -175,6 +177,20 @@ def _policy_options(f: _F) -> _F:
     return f
 
 
+_NODE_READY_TAINT = _opt(
+    "node-ready-taint", type=str, default=None, show_default=False,
+    help="Taint key (e.g. podiam.io/agent-not-ready) that nodes join with (NoSchedule) and that is removed from a "
+    "node once its agent is ready (rule installed, pods known), so no pod runs there before. Needs get and patch on "
+    "nodes. Split mode: a flag of `podiam server`, which removes it when the node's agent reports ready.")
+"""The node's start-up taint: the agent's in agent mode, the server's in split mode (the agent has no API access)."""
+
+# No environment variable, on purpose: one left set in a manifest would make every start a no-op.
+_CHECK_CONFIG = click.option(
+    "--check-config", is_flag=True, default=False,
+    help="Parse and check every flag and variable (and split mode's certificate files), print one line and "
+    "exit: 0 if a start would accept them, 2 with the error. Touches no network, iptables or API.")
+
+
 @main.command()
 @_policy_options
 @_opt("node", type=str, default=None, env_extra=("NODE_NAME",), show_default=False,
@@ -189,6 +205,11 @@ def _policy_options(f: _F) -> _F:
       help="Install the DNAT rule at start (idempotent) and remove it at shutdown.")
 @_opt("iptables-check-interval", type=DURATION, default="5s",
       help="How often the DNAT rule is checked and, if something deleted it, restored (with --iptables).")
+@_opt("iptables-mode", type=click.Choice(IPTABLES_MODES), default="auto",
+      help="The iptables backend for the rule, as the node's kube-proxy and CNI use: nft, legacy, or auto (the one "
+      "holding the node's rules: kubelet's KUBE-IPTABLES-HINT chain first, then the rule counts, as Kubernetes' "
+      "iptables-wrapper decides). Decided once at start and logged.")
+@_NODE_READY_TAINT
 @_opt("http-server", type=click.Choice(["fast", "aiohttp"]), default="fast",
       help="The metadata endpoint's HTTP server: the dedicated fast path, or aiohttp (same behaviour).")
 @_opt("require-imdsv2", is_flag=True, default=False,
@@ -228,12 +249,18 @@ def _policy_options(f: _F) -> _F:
       help="Split mode: PEM CA bundle that signs the servers' certificates.")
 @_opt("server-name", type=str, default=None, show_default=False,
       help="Split mode: the name the server's certificate must carry [default: the address's host].")
-def agent(**flags: Any) -> None:
+@_CHECK_CONFIG
+def agent(*, check_config: bool, **flags: Any) -> None:
     """Serve pods on this node their own IAM role's credentials (kube2iam's architecture)."""
     ctx = click.get_current_context()
     given = {name for name in flags if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     try:
         settings = agent_settings(flags, os.environ, given)
+        if check_config:
+            from podiam.config_check import check_agent  # noqa: PLC0415 - loads split mode's TLS checks
+
+            click.echo(check_agent(settings))
+            return
         podiam_logging.configure(settings.log)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
@@ -313,7 +340,7 @@ SERVER_POLICY_FLAGS = (
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
     "disable_strict_namespace_regexp",
     "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
-    "sts_timeout", "iam_role_error_ttl", "region", "use_regional_sts_endpoint", "pod_events",
+    "sts_timeout", "iam_role_error_ttl", "region", "use_regional_sts_endpoint", "pod_events", "node_ready_taint",
 )
 """Agent flags that are the server's in split mode: the agent holds no policy, STS or API access."""
 
@@ -362,7 +389,9 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
         ),
         node=NodeSettings(host_ip=flags["host_ip"], host_interface=flags["host_interface"],
                           iptables=flags["iptables"], pod_events=flags["pod_events"],
-                          iptables_check_interval=_positive(flags, "iptables_check_interval")),
+                          iptables_check_interval=_positive(flags, "iptables_check_interval"),
+                          iptables_mode=flags["iptables_mode"]),
+        ready_taint=ReadyTaintSettings(key=flags["node_ready_taint"]),
         log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower(), audit_log=flags["audit_log"]),
         metrics=MetricsSettings(port=flags["metrics_port"], debug=flags["debug"],
                                 bind_address=flags["metrics_bind_address"]),
@@ -383,13 +412,15 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
       "expiry). AWS caps such chained sessions at 1h, so --session-duration must be at most 1h.")
 @_opt("pod-events/--no-pod-events", default=True,
       help="Record Warning events on pods that are refused (needs create/patch on events).")
+@_NODE_READY_TAINT
 @_opt("metrics-port", type=click.IntRange(1, 65535), default=9620, help="Port of /metrics, /healthz and /readyz.")
 @_opt("metrics-bind-address", type=IpAddress(), default="0.0.0.0",  # noqa: S104 - scraped from other nodes
       help="Address the metrics port listens on.")
 @_opt("log-format", type=click.Choice(["text", "json"]), default="text", help="Log format.")
 @_opt("log-level", "--level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
       default="info", help="Log level.")
-def server(**flags: Any) -> None:
+@_CHECK_CONFIG
+def server(*, check_config: bool, **flags: Any) -> None:
     """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
     try:
         sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags))
@@ -401,7 +432,13 @@ def server(**flags: Any) -> None:
             log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower()),
             metrics=MetricsSettings(port=flags["metrics_port"], bind_address=flags["metrics_bind_address"]),
             metadata_addr=flags["metadata_addr"], pod_events=flags["pod_events"],
+            ready_taint=ReadyTaintSettings(key=flags["node_ready_taint"]),
         )
+        if check_config:
+            from podiam.config_check import check_server  # noqa: PLC0415 - loads the TLS checks
+
+            click.echo(check_server(settings))
+            return
         podiam_logging.configure(settings.log)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None

@@ -28,6 +28,9 @@ commands) are mapped onto it at the module that talks to the dependency, with
     │   ├── StsCallFailed           STS answered with an error (code kept: AccessDenied, ...)
     │   └── StsUnavailable          STS could not be reached within the deadline
     ├── KubeError                   the Kubernetes API failed us (connection, auth, protocol)
+    │   ├── NodeNotFound            the Node whose start-up taint is to go does not exist
+    │   └── NodeChanged             the Node changed between its read and its patch (409): read it again
+    ├── RemoteCallFailed            split mode: a call to a podiam server failed, or no stream was open for it
     ├── NodeMetadataError           the node's own IMDS did not answer (auto-discovery, proxy)
     └── IptablesError               installing or removing the DNAT rule failed
 
@@ -146,6 +149,18 @@ class StsUnavailable(CredentialsError):
 
 class KubeError(PodiamError):
     """The Kubernetes API could not be used (connection, authentication, protocol)."""
+
+
+class NodeNotFound(KubeError):
+    """The Node named by --node (or by a split agent) does not exist."""
+
+
+class NodeChanged(KubeError):
+    """The Node's resourceVersion moved between its read and a conditional patch (409 Conflict)."""
+
+
+class RemoteCallFailed(PodiamError):
+    """Split mode: an agent's call to a podiam server (other than its stream) failed or could not be made."""
 
 
 class NodeMetadataError(PodiamError):

@@ -2,11 +2,14 @@
 The agent's life: start in dependency order, serve until a signal or a root task ends,
 then stop in stages.
 
-Start: node discovery (region, base ARN) -> STS client and cache -> event recorder -> pod
-index, fed by the pod watcher (after the namespace watcher's first list, when namespace
-restrictions are on) -> the metadata and operator endpoints -> the iptables rule, last, so
-the rule never sends a pod to a port nobody listens on, then its guard (node/rule_guard.py),
-which puts it back whenever something deletes it.
+Start: the iptables backend (with --iptables; node/backend.py) -> node discovery (region,
+base ARN) -> STS client and cache -> event recorder -> pod index, fed by the pod watcher
+(after the namespace watcher's first list, when namespace restrictions are on) -> the
+metadata and operator endpoints -> the iptables rule, last, so the rule never sends a pod to
+a port nobody listens on, then its guard (node/rule_guard.py), which puts it back whenever
+something deletes it. With --node-ready-taint (in split mode with --iptables alone: the
+server holds the key), a task waits until the agent is ready and then has the node's
+start-up taint removed (node/ready_taint.py).
 
 Stop (SIGTERM/SIGINT only set a flag, from the first moment of start-up): not ready -> the
 metadata endpoint stops accepting and in-flight requests finish (up to --shutdown-grace)
@@ -36,7 +39,9 @@ from podiam.imds.rate_limit import RateLimiter
 from podiam.imds.tokens import TokenIssuer
 from podiam.imds.upstream import NodeMetadataClient, base_arn_from_profile
 from podiam.kube.pod_index import PodIndex
+from podiam.node.backend import choose_backend
 from podiam.node.iptables import DnatRule, ensure_rule, remove_rule
+from podiam.node.ready_taint import ReadyTaintRemoval, TaintOutcome
 from podiam.node.rule_guard import RESTORED_REASON, IptablesRules, RuleGuard
 from podiam.observability.audit import AuditWriter, IssuanceLog, JsonLinesWriter, log_writer
 from podiam.observability.metrics import Metrics
@@ -108,7 +113,7 @@ async def after(event: asyncio.Event, watcher: ListWatcher) -> None:
     await watcher.run()
 
 
-def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics,
+def _rule_guard(rule: DnatRule | None, binary: str, settings: AgentSettings, metrics: Metrics,
                 recorder: EventRecorder | None) -> RuleGuard | None:
     """The guard of the rule, if one is installed; a restore is told on the Node (with events on)."""
     if rule is None:
@@ -118,7 +123,7 @@ def _rule_guard(rule: DnatRule | None, settings: AgentSettings, metrics: Metrics
         if recorder is not None:
             recorder.warn_node(RESTORED_REASON, message)
 
-    rules = IptablesRules(rule, call_timeout=settings.node.iptables_timeout)
+    rules = IptablesRules(rule, call_timeout=settings.node.iptables_timeout, binary=binary)
     return RuleGuard(rules, metrics, interval=settings.node.iptables_check_interval,
                      on_restored=on_restored)
 
@@ -209,10 +214,17 @@ class Agent(RootTasks):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._guard: asyncio.Task[None] | None = None
+        self._iptables = "iptables"
+        """The chosen backend's iptables binary, for every call on the rule (node/backend.py)."""
 
     async def _run(self) -> None:
         s = self.settings
         rule = DnatRule.from_settings(s.node, s.imds.app_port) if s.node.iptables else None
+        if rule is not None:  # decided once, first: a missing binary is a configuration error
+            backend = await choose_backend(s.node.iptables_mode, call_timeout=s.node.iptables_timeout)
+            self._iptables = backend.binary
+            log.info("iptables backend chosen", mode=backend.mode, binary=backend.binary, reason=backend.reason,
+                     requested=s.node.iptables_mode)
         async with contextlib.AsyncExitStack() as stack:
             upstream = await stack.enter_async_context(
                 NodeMetadataClient(s.imds.metadata_addr, s.imds.upstream_timeout)
@@ -256,11 +268,13 @@ class Agent(RootTasks):
             # Registered before any task exists: a failure later in start-up still stops them.
             stack.push_async_callback(self._stop_tasks)
             watches = self._start_watches(client, index, namespaces)
-            guard = _rule_guard(rule, s, self.metrics, recorder)
+            guard = _rule_guard(rule, self._iptables, s, self.metrics, recorder)
             ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
                               index_synced=index.synced.is_set, watches=watches,
                               rule_missing=(lambda: guard.missing) if guard else (lambda: None),
                               unready_after=s.kube.watch_unready_after)
+            if s.ready_taint.key is not None:
+                await stack.enter_async_context(self._untaint(client, s.ready_taint.key, ready))
 
             tokens = TokenIssuer(max_remembered=s.imds.tokens_remembered)
             limiter = RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked)
@@ -287,7 +301,7 @@ class Agent(RootTasks):
                                     s.metrics.port, 1.0)
         stack.push_async_callback(ops_site.cleanup)
         if rule is not None:
-            added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout)
+            added = await ensure_rule(rule, call_timeout=s.node.iptables_timeout, binary=self._iptables)
             log.info("iptables rule " + ("installed" if added else "already present"),
                      interface=rule.interface, destination=rule.destination)
         if guard is not None:
@@ -305,6 +319,7 @@ class Agent(RootTasks):
         """Split mode: the same endpoint, rule and probes, fed by a podiam server's stream."""
         from podiam.remote.client import ServerStream, StreamSettings  # noqa: PLC0415
         from podiam.remote.mirror import Mirror  # noqa: PLC0415
+        from podiam.remote.ready import report_ready  # noqa: PLC0415
         from podiam.remote.reports import RefusalReporter  # noqa: PLC0415
         from podiam.remote.tls import TlsFiles  # noqa: PLC0415
 
@@ -332,16 +347,40 @@ class Agent(RootTasks):
                 await mirror.synced.wait()
         except TimeoutError:
             log.warning("no podiam server answered yet; serving from an empty mirror", servers=remote.addresses)
-        guard = _rule_guard(rule, s, self.metrics, None)
+        guard = _rule_guard(rule, self._iptables, s, self.metrics, None)
         ready = Readiness(started=self._started.is_set, stopping=self._stop.is_set,
                           index_synced=mirror.synced.is_set,
                           rule_missing=(lambda: guard.missing) if guard else (lambda: None))
+
+        async def report() -> TaintOutcome:
+            # The server removes its own --node-ready-taint (if it has one): the agent names no taint.
+            key, removed = await report_ready(lambda: stream.channel if stream is not None else None,
+                                              s.kube.node_name, timeout=s.ready_taint.report_timeout)
+            return TaintOutcome(key, removed)
+
+        if rule is not None:
+            await stack.enter_async_context(ReadyTaintRemoval(report, ready, s.ready_taint, node=s.kube.node_name))
+        else:  # as agent mode refuses --node-ready-taint without --iptables: ready would not mean protected
+            log.info("not reporting readiness to the podiam server: without --iptables the node-ready taint, if "
+                     "the server has one, stays", node=s.kube.node_name)
         deps = ImdsDeps(pods=mirror, credentials=mirror, tokens=TokenIssuer(max_remembered=s.imds.tokens_remembered),
                         issuance=issuance, metrics=self.metrics, settings=s.imds, upstream=upstream, ready=ready,
                         limiter=RateLimiter(s.imds.pod_rate_limit, max_tracked=s.imds.rate_limit_tracked),
                         events=reporter)
         await self._serve(stack, deps, rule, guard, ready, drain=reporter.flush, node=s.kube.node_name,
                           servers=remote.addresses)
+
+    def _untaint(self, client: KubeClient, key: str, ready: Readiness) -> ReadyTaintRemoval:
+        """Agent mode's removal of the node's start-up taint, once ready, with the agent's own API access."""
+        from podiam.kube.node_taint import remove_node_taint  # noqa: PLC0415
+
+        s = self.settings
+
+        async def remove() -> TaintOutcome:
+            return TaintOutcome(key, await remove_node_taint(client, s.kube.node_name, key,
+                                                             timeout=s.ready_taint.call_timeout))
+
+        return ReadyTaintRemoval(remove, ready, s.ready_taint, node=s.kube.node_name)
 
     def _start_watches(self, client: KubeClient, index: PodIndex,
                        namespaces: NamespaceIndex | None) -> list[ListWatcher]:
@@ -367,7 +406,8 @@ class Agent(RootTasks):
             await asyncio.wait([self._guard], timeout=self._task_stop_timeout)
         if rule is not None:
             try:
-                removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout)
+                removed = await remove_rule(rule, call_timeout=self.settings.node.iptables_timeout,
+                                            binary=self._iptables)
                 log.info("iptables rule removed", copies=removed)
             except PodiamError as e:
                 log.error("could not remove the iptables rule; remove it by hand", error=str(e))  # noqa: TRY400

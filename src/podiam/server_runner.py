@@ -1,8 +1,9 @@
 """
 `podiam server`'s life (split mode): watch every pod and namespace, decide each pod with the
 agent's policy code, prefetch and refresh through the agent's credential cache, write the
-pods' Warning events (its own refusals, and those the agents report), and stream each
-connected agent its node (remote/).
+pods' Warning events (its own refusals, and those the agents report), stream each
+connected agent its node (remote/), and, with --node-ready-taint, remove that taint from a
+node whose agent reports ready (remote/ready.py).
 
 Start: region and base ARN -> policy -> STS client and cache (--fetchers calls in flight)
 -> event recorder -> namespace index -> cluster index, whose listeners are the feed and the
@@ -27,6 +28,7 @@ from podiam.kube.cluster_index import ClusterIndex
 from podiam.kube.connection import KubeClient, make_client
 from podiam.kube.events import EventRecorder
 from podiam.kube.namespace_index import NamespaceIndex, namespace_watcher
+from podiam.kube.node_taint import remove_node_taint
 from podiam.kube.pod_watcher import cluster_pod_watcher
 from podiam.kube.watcher import ListWatcher
 from podiam.observability.audit import IssuanceLog, log_writer
@@ -114,6 +116,21 @@ class AgentRefusals:
         return True
 
 
+class NodeReadyTaint:
+    """ReportReady's work (remote/ready.py): the server's --node-ready-taint removed from the node an
+    agent reports ready, with the server's own API access and a deadline."""
+
+    def __init__(self, client: KubeClient, key: str, timeout: float) -> None:
+        self._client, self._key, self._timeout = client, key, timeout
+
+    @property
+    def taint_key(self) -> str:
+        return self._key
+
+    async def node_ready(self, node: str) -> bool:
+        return await remove_node_taint(self._client, node, self._key, timeout=self._timeout)
+
+
 class Server(RootTasks):
     """One `podiam server` replica."""
 
@@ -161,16 +178,19 @@ class Server(RootTasks):
                               index_synced=pods.synced.is_set, watches=watches,
                               unready_after=s.kube.watch_unready_after)
             service = ServiceSettings(bind=s.bind)
+            taint = s.ready_taint
+            ready_nodes = NodeReadyTaint(client, taint.key, taint.call_timeout) if taint.key is not None else None
             grpc_server = await stack.enter_async_context(
                 GrpcServer(feed, TlsFiles(s.cert, s.key, s.ca), service, self.metrics,
-                           AgentRefusals(pods, events) if events is not None else None, synced=pods.synced.is_set))
+                           AgentRefusals(pods, events) if events is not None else None, synced=pods.synced.is_set,
+                           ready_nodes=ready_nodes))
             ops = await start_site(make_ops_app(self.metrics, ready.reason), s.metrics.bind_address, s.metrics.port,
                                    1.0)
             stack.push_async_callback(ops.cleanup)
             self._started.set()
             log.info("server started", bind=s.bind, port=grpc_server.port, metrics_port=s.metrics.port,
                      region=region, sts_endpoint=assumer.endpoint_url, base_role_arn=base_arn,
-                     fetchers=s.sts.fetchers, assume_role_arn=s.sts.assume_role_arn)
+                     fetchers=s.sts.fetchers, assume_role_arn=s.sts.assume_role_arn, node_ready_taint=taint.key)
             await self._stop.wait()
             log.info("stopping")
 

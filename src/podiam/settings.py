@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from podiam.errors import ConfigError
 
+IPTABLES_MODES = ("auto", "nft", "legacy")
+"""--iptables-mode's values: the two iptables backends, or auto (the node's)."""
+
 DEFAULT_ALLOW_ROUTE_REGEXP = r"^/[^/]+/(meta-data/placement/.*|dynamic/instance-identity/document)$"
 """Paths proxied to the node's real IMDS by default: what SDKs read to discover the region.
 
@@ -317,6 +320,72 @@ class NodeSettings:
     -C``, cheap enough to bound that gap to a few seconds.
     """
 
+    iptables_mode: str = "auto"
+    """Which iptables backend manages the rule: ``nft`` (iptables-nft), ``legacy``
+    (iptables-legacy), or ``auto``: the one that already holds the node's rules, decided once
+    at start as Kubernetes' iptables-wrapper decides it (node/backend.py). A rule written with
+    the other backend than the node's kube-proxy and CNI is invisible to their tools and
+    evaluated in an order nobody chose."""
+
+    def __post_init__(self) -> None:
+        if self.iptables_mode not in IPTABLES_MODES:
+            raise ConfigError(f"--iptables-mode must be one of {', '.join(IPTABLES_MODES)}, not {self.iptables_mode!r}")
+
+
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def check_taint_key(key: str) -> None:
+    """ConfigError unless ``key`` is a taint key the API server accepts: a qualified name, an
+    optional DNS-subdomain prefix and ``/``, then at most 63 characters (e.g.
+    ``podiam.io/agent-not-ready``)."""
+    prefix, _, name = key.rpartition("/")
+    if not _QUALIFIED_NAME.fullmatch(name) or (
+        "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))
+    ):
+        raise ConfigError(
+            f"--node-ready-taint {key!r} is not a taint key: expected an optional DNS-subdomain prefix and '/', "
+            "then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit "
+            "(e.g. podiam.io/agent-not-ready)"
+        )
+
+
+@dataclass(frozen=True)
+class ReadyTaintSettings:
+    """The node's start-up taint (node/ready_taint.py, kube/node_taint.py): nodes join with it,
+    and it is removed once the agent is ready, so no pod runs before its metadata traffic is
+    redirected (ANCHORS.md complaint 7)."""
+
+    key: str | None = None
+    """The taint's key (--node-ready-taint); None: nothing is removed, and no Node is read.
+    Every taint with this key goes, whatever its value or effect; no other taint is touched.
+    In split mode the server's setting: the agent cannot name the taint it asks to remove."""
+
+    ready_poll: float = 0.5
+    """Seconds between two looks at the agent's readiness (/readyz's decision) before the
+    taint is removed: pods wait for the node that long at most, beyond the agent's start."""
+
+    call_timeout: float = 5.0
+    """Seconds: the deadline of one removal, the Node's read and its patch together (the agent
+    in agent mode, the server in split mode)."""
+
+    report_timeout: float = 10.0
+    """Seconds: the deadline of a split agent's ReportReady call; longer than ``call_timeout``,
+    which the server spends on the Node before it answers."""
+
+    retry_initial: float = 0.5
+    """Seconds before the first retry of a removal that failed (API error, conflict, no server)."""
+
+    retry_max: float = 30.0
+    """Seconds: the cap of the back-off between failed removals; retried until done."""
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            check_taint_key(self.key)
+        if self.ready_poll <= 0 or self.call_timeout <= 0 or self.report_timeout <= self.call_timeout:
+            raise ConfigError("ready-taint settings need ready_poll > 0 and 0 < call_timeout < report_timeout")
+
 
 @dataclass(frozen=True)
 class EventSettings:
@@ -441,6 +510,8 @@ class ServerSettings:
     """The IMDS of the server's own node: region and --auto-discover-base-arn only."""
     pod_events: bool = True
     """Record Warning events on pods that are refused (the agents cannot)."""
+    ready_taint: ReadyTaintSettings = field(default_factory=ReadyTaintSettings)
+    """--node-ready-taint: the taint this server removes from a node when its agent reports ready."""
     change_log: int = 2000
     """Changes kept per node for reconnecting agents; older than that, an agent gets a snapshot."""
     send_queue: int = 2000
@@ -460,11 +531,21 @@ class AgentSettings:
     events: EventSettings = field(default_factory=EventSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    ready_taint: ReadyTaintSettings = field(default_factory=ReadyTaintSettings)
+    """--node-ready-taint: the taint removed from this node once the agent is ready (agent mode; a
+    split agent reports its readiness to the server, which holds the key)."""
     remote: RemoteSettings | None = None
     """Split mode (--server-address): pods, decisions and credentials come from podiam servers."""
     task_stop_timeout: float = 5.0
     """Seconds a cancelled root task (a watcher, the rule guard) gets to finish at shutdown
     before it is logged by name as stuck; a stuck task must not hold the node's pods' rule."""
+
+    def __post_init__(self) -> None:
+        # Without the rule, "ready" says nothing about where pods' metadata traffic goes: removing
+        # the taint then would open the very window it closes.
+        if self.ready_taint.key is not None and not self.node.iptables:
+            raise ConfigError("--node-ready-taint needs --iptables: the taint goes once the agent's DNAT rule is "
+                              "installed, and without --iptables the agent cannot tell that it is")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import pytest
 from lightkube import operators
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.core_v1 import Namespace, Node, Pod
 from lightkube.types import PatchType, on_error_retry
 
 from podiam_sandbox.kubeapi import KubeApi, KubeApiEmulator, run_kubeapi
@@ -656,6 +656,50 @@ async def test_events_are_a_namespaced_resource(emulator: KubeApiEmulator, http:
         assert resp.status == 201
     [stored] = await emulator.list_objects("events", field_selector="reason=Denied")
     assert (stored["kind"], stored["metadata"]["namespace"]) == ("Event", "ns1")
+
+
+async def test_nodes_are_a_cluster_scoped_resource(emulator: KubeApiEmulator, http: aiohttp.ClientSession) -> None:
+    node = {"metadata": {"name": "node-1"}, "spec": {"taints": [{"key": "a", "effect": "NoSchedule"}]}}
+    async with http.post("/api/v1/nodes", json=node) as resp:
+        assert resp.status == 201
+        body = await resp.json()
+    assert (body["kind"], body["apiVersion"], "namespace" in body["metadata"]) == ("Node", "v1", False)
+    async with http.get("/api/v1/nodes/node-1") as resp:
+        assert (await resp.json())["spec"]["taints"] == [{"key": "a", "effect": "NoSchedule"}]
+    async with http.get("/api/v1") as resp:
+        resources = {item["name"]: item for item in (await resp.json())["resources"]}
+    assert (resources["nodes"]["kind"], resources["nodes"]["namespaced"]) == ("Node", False)
+
+
+async def test_a_node_patch_with_its_current_version_replaces_the_taints(
+    emulator: KubeApiEmulator, kube: lightkube.AsyncClient,
+) -> None:
+    taints = [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "value": "x", "effect": "NoExecute"}]
+    created = await emulator.create_object("nodes", {"metadata": {"name": "node-1"}, "spec": {"taints": taints}})
+    version = created["metadata"]["resourceVersion"]
+    patched = await kube.patch(Node, "node-1", {"metadata": {"resourceVersion": version},
+                                                "spec": {"taints": [taints[1]]}}, patch_type=PatchType.MERGE)
+    assert [t.key for t in patched.spec.taints] == ["b"]  # a list is replaced whole, not merged
+    assert int(patched.metadata.resourceVersion) == int(version) + 1
+    cleared = await kube.patch(Node, "node-1", {"metadata": {"resourceVersion": patched.metadata.resourceVersion},
+                                                "spec": {"taints": None}}, patch_type=PatchType.MERGE)
+    assert cleared.spec.taints is None
+    assert "taints" not in (await emulator.get_object("nodes", "node-1"))["spec"]
+
+
+async def test_a_node_patch_with_a_stale_version_is_409_and_changes_nothing(
+    emulator: KubeApiEmulator, kube: lightkube.AsyncClient,
+) -> None:
+    created = await emulator.create_object("nodes", {"metadata": {"name": "node-1"},
+                                                     "spec": {"taints": [{"key": "a", "effect": "NoSchedule"}]}})
+    # Someone else (the kubelet, `kubectl taint`) writes the Node after our read.
+    await emulator.patch_object("nodes", "node-1", {"spec": {"taints": [{"key": "a", "effect": "NoSchedule"},
+                                                                        {"key": "c", "effect": "NoSchedule"}]}})
+    stale = {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]}, "spec": {"taints": None}}
+    with pytest.raises(ApiError) as error:
+        await kube.patch(Node, "node-1", stale, patch_type=PatchType.MERGE)
+    assert (error.value.status.code, error.value.status.reason) == (409, "Conflict")
+    assert [t["key"] for t in (await emulator.get_object("nodes", "node-1"))["spec"]["taints"]] == ["a", "c"]
 
 
 # --- Resources and the request history ----------------------------------------------------------

@@ -162,6 +162,59 @@ def test_the_server_refuses_a_bad_assume_role_arn(args: list[str], message: str)
     assert message in out
 
 
+@pytest.mark.parametrize(("args", "env", "mode"), [
+    ([], {}, "auto"),
+    (["--iptables-mode", "legacy"], {}, "legacy"),
+    ([], {"PODIAM_IPTABLES_MODE": "nft"}, "nft"),
+])
+def test_the_iptables_mode_reaches_the_node_settings(args: list[str], env: dict[str, str], mode: str) -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env=env):
+        params = command.make_context("agent", ["--node", "n1", *args]).params
+    assert agent_settings(params, {}).node.iptables_mode == mode
+
+
+def test_an_unknown_iptables_mode_is_refused() -> None:
+    code, out = run("agent", "--node", "n1", "--iptables-mode", "nftables")
+    assert code == 2
+    assert "'nftables' is not one of 'auto', 'nft', 'legacy'" in out
+
+
+@pytest.mark.parametrize(("args", "env", "key"), [
+    ([], {}, None),
+    (["--node-ready-taint", "podiam.io/agent-not-ready"], {}, "podiam.io/agent-not-ready"),
+    ([], {"PODIAM_NODE_READY_TAINT": "agent-not-ready"}, "agent-not-ready"),
+])
+def test_the_node_ready_taint_reaches_the_agent_settings(args: list[str], env: dict[str, str],
+                                                         key: str | None) -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env=env):
+        params = command.make_context("agent", ["--node", "n1", "--iptables", "--host-ip", "10.0.0.5", *args]).params
+    assert agent_settings(params, {}).ready_taint.key == key
+
+
+@pytest.mark.parametrize("command", [("agent", "--node", "n1"), SERVER])
+@pytest.mark.parametrize("key", ["", "-starts-with-a-dash", "Upper.Case.Prefix/name", "a/b/c", "x" * 64, "/name"])
+def test_a_malformed_node_ready_taint_is_refused(command: tuple[str, ...], key: str) -> None:
+    code, out = run(*command, "--node-ready-taint", key)
+    assert code == 2
+    assert "is not a taint key" in out
+
+
+def test_a_split_mode_agent_leaves_the_node_ready_taint_to_the_server() -> None:
+    # The server removes it, with its own key: an agent can never name the taint to remove.
+    code, out = run(*SPLIT, "--node-ready-taint", "podiam.io/agent-not-ready")
+    assert code == 2
+    assert "--node-ready-taint" in out and "podiam server" in out
+
+
+def test_the_node_ready_taint_needs_the_rule() -> None:
+    # Without --iptables, ready would not mean that pods' metadata traffic reaches the agent.
+    code, out = run("agent", "--node", "n1", "--node-ready-taint", "podiam.io/agent-not-ready")
+    assert code == 2
+    assert "--node-ready-taint needs --iptables" in out
+
+
 @pytest.mark.parametrize(("args", "env", "region"), [
     ([], {}, None),
     ([], {"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),

@@ -42,7 +42,8 @@ NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 CREDS = Credentials("ASIAEXAMPLE", "secret", "token", NOW + dt.timedelta(hours=1), NOW)
 CREDS_PATH = "/latest/meta-data/iam/security-credentials/"
 
-NEVER_A_REQUEST = {errors.ConfigError, errors.KubeError, errors.IptablesError}
+NEVER_A_REQUEST = {errors.ConfigError, errors.KubeError, errors.NodeNotFound, errors.NodeChanged,
+                   errors.IptablesError, errors.RemoteCallFailed}
 """Raised before the agent serves, or inside its background loops: never an answer."""
 ABSTRACT = {PodiamError, RequestRefused}
 """Bases nothing raises as such."""

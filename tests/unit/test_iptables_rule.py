@@ -226,6 +226,23 @@ async def test_remove_absent_is_zero(tmp_path: Path) -> None:
     assert await remove_rule(rule(), binary=binary) == 0
 
 
+# iptables-legacy's answer to -C and -D for an absent rule with a DNAT target (1.8.9, seen in
+# tests/integration/test_iptables_backend.py): not iptables-nft's "Bad rule".
+LEGACY_ABSENT = 'echo "iptables: No chain/target/match by that name." >&2; exit 1'
+
+
+async def test_legacys_absent_answer_is_absent(tmp_path: Path) -> None:
+    binary = fake_iptables(tmp_path, f'case "$*" in *" -C "*|*" -D "*) {LEGACY_ABSENT};; esac; exit 0')
+    assert await ensure_rule(rule(), binary=binary) is True
+    assert await remove_rule(rule(), binary=binary) == 0
+
+
+async def test_no_such_chain_on_an_insert_is_a_failure(tmp_path: Path) -> None:
+    binary = fake_iptables(tmp_path, f'case "$*" in *" -C "*) {ABSENT};; *) {LEGACY_ABSENT};; esac')
+    with pytest.raises(IptablesError, match=r"-I PREROUTING 1 .* No chain/target/match by that name"):
+        await ensure_rule(rule(), binary=binary)
+
+
 async def test_failure_carries_stderr(tmp_path: Path) -> None:
     binary = fake_iptables(tmp_path, "echo \"Couldn't load match 'comment'\" >&2; exit 2")
     with pytest.raises(IptablesError, match=r"exit status 2: Couldn't load match 'comment'") as e:

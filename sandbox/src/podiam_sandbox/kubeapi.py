@@ -14,10 +14,12 @@ In process (tests)::
 
 Standalone (the demo; its own process, as sandbox servers must not share the agent's)::
 
-    python -m podiam_sandbox.kubeapi --host 127.0.0.1 --port 0 --kubeconfig PATH
+    python -m podiam_sandbox.kubeapi --host 127.0.0.1 --port 0 --kubeconfig PATH [--audit-log PATH]
 
 writes the kubeconfig, prints ``ready <url>`` once serving, and exits cleanly on SIGTERM
-or SIGINT. It serves with aiohttp directly rather than through ``kmock.Server``, which
+or SIGINT; with --audit-log it appends one JSON line per request (the requester's token,
+the RBAC verb, the object: ``kubeapi_wire.audit_record``), which tests compare with the RBAC
+rules podiam's manifests grant. It serves with aiohttp directly rather than through ``kmock.Server``, which
 would patch aiohttp's DNS resolution for the whole process.
 """
 
@@ -31,13 +33,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp.web
 
+from podiam_sandbox import kubeapi_wire as wire
 from podiam_sandbox.kubeapi_emulator import KubeApiEmulator, ResourceRef, core_resources
 
 __all__ = [
@@ -69,14 +72,32 @@ class KubeApi:
         return write_kubeconfig(path, self.url, namespace=namespace)
 
 
+Handler = Callable[[aiohttp.web.BaseRequest], Awaitable[aiohttp.web.StreamResponse]]
+
+
+def audited(handler: Handler, log: TextIO) -> Handler:
+    """``handler``, first writing each request's audit record to ``log`` (one JSON line, flushed)."""
+
+    async def serve(raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        record = wire.audit_record(raw_request.method, raw_request.path, raw_request.query,
+                                   raw_request.headers.get("Authorization", ""))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        return await handler(raw_request)
+
+    return serve
+
+
 @contextlib.asynccontextmanager
 async def run_kubeapi(
     *, host: str = "127.0.0.1", port: int = 0, emulator: KubeApiEmulator | None = None,
+    audit_log: TextIO | None = None,
 ) -> AsyncIterator[KubeApi]:
     """Serve an emulator over HTTP until the block exits; port 0 picks a free port."""
     emulator = emulator if emulator is not None else KubeApiEmulator()
+    handler: Handler = emulator if audit_log is None else audited(emulator, audit_log)
     # handler_cancellation: a client that goes away ends its watch at once, not at the next event.
-    server = aiohttp.web.Server(emulator, handler_cancellation=True)
+    server = aiohttp.web.Server(handler, handler_cancellation=True)
     runner = aiohttp.web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     async with emulator:
         await runner.setup()
@@ -89,13 +110,15 @@ async def run_kubeapi(
             await runner.cleanup()
 
 
-def kubeconfig_for(url: str, *, namespace: str = "default") -> dict[str, Any]:
-    """A kubeconfig with one cluster at ``url``, a dummy token user, and its context current."""
+def kubeconfig_for(url: str, *, namespace: str = "default", token: str = SANDBOX_TOKEN) -> dict[str, Any]:
+    """A kubeconfig with one cluster at ``url``, a dummy token user, and its context current.
+
+    ``token``: a dummy naming its holder, which the audit log records as the user."""
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": SANDBOX_NAME, "cluster": {"server": url}}],
-        "users": [{"name": SANDBOX_NAME, "user": {"token": SANDBOX_TOKEN}}],
+        "users": [{"name": SANDBOX_NAME, "user": {"token": token}}],
         "contexts": [{
             "name": SANDBOX_NAME,
             "context": {"cluster": SANDBOX_NAME, "user": SANDBOX_NAME, "namespace": namespace},
@@ -105,12 +128,12 @@ def kubeconfig_for(url: str, *, namespace: str = "default") -> dict[str, Any]:
     }
 
 
-def write_kubeconfig(path: Path, url: str, *, namespace: str = "default") -> Path:
+def write_kubeconfig(path: Path, url: str, *, namespace: str = "default", token: str = SANDBOX_TOKEN) -> Path:
     """Write ``kubeconfig_for(url)`` as JSON (valid YAML for every client), readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        json.dump(kubeconfig_for(url, namespace=namespace), file, indent=2)
+        json.dump(kubeconfig_for(url, namespace=namespace, token=token), file, indent=2)
     return path
 
 
@@ -129,23 +152,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds between watch bookmarks (default: %(default)s)")
     parser.add_argument("--history-limit", type=int, default=10_000, metavar="CHANGES",
                         help="changes kept for watch resumption (default: %(default)s)")
+    parser.add_argument("--audit-log", type=Path, metavar="PATH",
+                        help="append one JSON line per request: user (token), RBAC verb, object")
     args = parser.parse_args(argv)
     # Nothing outside this process can read its request history or add reactions: keep none.
     emulator = KubeApiEmulator(bookmark_interval=args.bookmark_interval, history_limit=args.history_limit,
                                keep_requests=False)
-    asyncio.run(_serve(emulator, host=args.host, port=args.port, kubeconfig=args.kubeconfig,
-                       namespaces=args.namespace))
+    with contextlib.ExitStack() as files:
+        audit = files.enter_context(args.audit_log.open("a", encoding="utf-8")) if args.audit_log else None
+        asyncio.run(_serve(emulator, host=args.host, port=args.port, kubeconfig=args.kubeconfig,
+                           namespaces=args.namespace, audit_log=audit))
     return 0
 
 
 async def _serve(
     emulator: KubeApiEmulator, *, host: str, port: int, kubeconfig: Path | None, namespaces: Sequence[str],
+    audit_log: TextIO | None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)  # only a flag: shutdown runs in the normal flow
-    async with run_kubeapi(host=host, port=port, emulator=emulator) as api:
+    async with run_kubeapi(host=host, port=port, emulator=emulator, audit_log=audit_log) as api:
         for namespace in namespaces:
             await emulator.create_object("v1/namespaces", {"metadata": {"name": namespace}})
         if kubeconfig is not None:

@@ -95,6 +95,11 @@ def core_resources() -> dict[str, kmock.ResourceInfo]:
         "v1/events": kmock.ResourceInfo(
             kind="Event", singular="event", namespaced=True, verbs=ALL_VERBS, shortnames={"ev"},
         ),
+        # The node-ready taint: read and patched (with a resourceVersion precondition) by the agent or server.
+        "v1/nodes": kmock.ResourceInfo(
+            kind="Node", singular="node", namespaced=False, verbs=ALL_VERBS,
+            shortnames={"no"}, subresources={"status"},
+        ),
     }
 
 

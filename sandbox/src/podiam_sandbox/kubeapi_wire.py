@@ -8,6 +8,8 @@ The Kubernetes API's wire conventions that kmock 0.8 gets wrong or leaves out.
   subresource create (``pods/NAME/binding``).
 - Query parameters a list or watch understands, validated as the server does (400).
 - Status errors with the real reasons (NotFound, AlreadyExists, Conflict, ...).
+- Audit records: who made a request and its RBAC verb and object, as the API server's
+  audit log writes them at level Metadata.
 """
 
 from __future__ import annotations
@@ -79,6 +81,45 @@ def guess_action(method: str, path: ApiPath, query: Mapping[str, str]) -> kmock.
         case "DELETE" if path.name is not None:
             return kmock.action.DELETE
     return None
+
+
+def rbac_verb(method: str, path: ApiPath, query: Mapping[str, str]) -> str:
+    """The verb the API server's authorizer checks for a request (RBAC's, not kmock's action)."""
+    match method.upper():
+        case "GET" | "HEAD" if query.get("watch") in TRUE_WORDS:
+            return "watch"
+        case "GET" | "HEAD":
+            return "list" if path.name is None else "get"
+        case "POST":
+            return "create"
+        case "PUT":
+            return "update"
+        case "PATCH":
+            return "patch"
+        case "DELETE":
+            return "deletecollection" if path.name is None else "delete"
+    return method.lower()
+
+
+def audit_record(method: str, raw_path: str, query: Mapping[str, str], authorization: str) -> dict[str, Any]:
+    """One request as an audit event's essentials: user, verb and objectRef (or the non-resource URL).
+
+    The user is the bearer token itself: the sandbox's tokens are dummies that name their
+    holder (the emulator checks no credentials), so tests give each process its own.
+    """
+    user = authorization.removeprefix("Bearer ").strip() or None
+    path = parse_api_path(raw_path)
+    if path is None or path.resource.plural is None:
+        return {"user": user, "verb": method.lower(), "nonResourceURL": raw_path}
+    return {
+        "user": user,
+        "verb": rbac_verb(method, path, query),
+        "apiGroup": path.resource.group or "",
+        "resource": path.resource.plural,
+        "subresource": path.subresource,
+        "namespace": path.namespace,
+        "name": path.name,
+    }
 
 
 async def parse_request(raw_request: aiohttp.web.BaseRequest, *, request_id: int) -> kmock.Request:

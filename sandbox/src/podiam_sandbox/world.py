@@ -37,12 +37,14 @@ from typing import Any, Literal, Self
 
 import aiohttp
 import lightkube
-from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import Container, NodeSpec, PodSpec, Taint
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event, Namespace
+from lightkube.resources.core_v1 import Event, Namespace, Node
 from lightkube.resources.core_v1 import Pod as KubePod
 from lightkube.types import PatchType
 
+from podiam_sandbox.kubeapi import write_kubeconfig
 from podiam_sandbox.netns import CommandResult, HttpResponse, Pod, PodNetwork, cleanup_stale
 from podiam_sandbox.split import SERVER_NAME, FlagRoute, TlsFiles, podiam_certs
 from podiam_sandbox.sts import MotoSts
@@ -60,6 +62,15 @@ MODES: tuple[Mode, ...] = ("agent", "split")
 def _tls_flags(files: tuple[str, str, str]) -> list[str]:
     cert, key, ca = files
     return ["--cert", cert, "--key", key, "--ca", ca]
+
+
+def option(argv: Sequence[str], flag: str) -> str:
+    """The value of ``flag`` in ``argv``, as ``--flag value`` or ``--flag=value``; the last wins, as in click."""
+    values = [argv[i + 1] if arg == flag else arg.split("=", 1)[1] for i, arg in enumerate(argv)
+              if arg == flag or arg.startswith(flag + "=")]
+    if not values:
+        raise WorldError(f"{flag} is not given in {list(argv)}")
+    return values[-1]
 
 
 class WorldError(Exception):
@@ -166,7 +177,7 @@ class PodiamProcess:
 
     def option(self, flag: str) -> str:
         """The value given to ``flag`` on the command line (``--app-port``, ``--metrics-port``)."""
-        return self.argv[self.argv.index(flag) + 1]
+        return option(self.argv, flag)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -256,6 +267,11 @@ class AgentProcess(PodiamProcess):
         return code
 
 
+async def _stop_quietly(process: PodiamProcess) -> None:
+    with contextlib.suppress(WorldError):
+        await process.stop()
+
+
 async def _drain(stream: asyncio.StreamReader) -> None:
     while await stream.read(65536):
         pass
@@ -282,10 +298,13 @@ class World:
     """``async with World() as world:`` builds the node; everything is removed on exit."""
 
     def __init__(self, node_name: str = NODE_NAME, *, mode: Mode = "agent",
-                 flag_route: FlagRoute | None = None) -> None:
+                 flag_route: FlagRoute | None = None, podiam_command: Sequence[str] | None = None) -> None:
+        """``podiam_command`` runs the agents and servers instead of this interpreter's ``-m podiam``
+        (the image tests give a ``podman run`` of the image); it gets the same argv and environment."""
         if mode == "split" and flag_route is None:
             raise WorldError("split mode needs the CLI's flag route, to give each flag to the server or the agent")
         self.node_name = node_name
+        self._podiam_command = tuple(podiam_command) if podiam_command is not None else None
         self.mode: Mode = mode
         self._flag_route = flag_route
         self.tls: TlsFiles | None = None
@@ -303,9 +322,12 @@ class World:
         """host:port of the stand-in for the node's own IMDS."""
         self.kube: lightkube.AsyncClient
         self.kubeconfig: Path
+        self.kube_url: str
+        self._audit_log: Path
 
     async def __aenter__(self) -> Self:
         self._tmp = Path(tempfile.mkdtemp(prefix="podiam-world-"))
+        self._audit_log = self._tmp / "kubeapi-audit.jsonl"
         if not os.environ.get("PODIAM_KEEP_WORLD"):  # its logs, certificates, kubeconfig: gone last
             self._stack.callback(shutil.rmtree, self._tmp, ignore_errors=True)
         try:
@@ -317,8 +339,9 @@ class World:
                 "podiam_sandbox.node_imds", "--host", "127.0.0.1", "--port", "0"
             )).removeprefix("http://").rstrip("/")
             self.kubeconfig = self._tmp / "kubeconfig"
-            await self._start_service("podiam_sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0",
-                                      "--kubeconfig", str(self.kubeconfig))
+            self.kube_url = await self._start_service(
+                "podiam_sandbox.kubeapi", "--host", "127.0.0.1", "--port", "0", "--kubeconfig", str(self.kubeconfig),
+                "--audit-log", str(self._audit_log))
             self.kube = lightkube.AsyncClient(lightkube.KubeConfig.from_file(self.kubeconfig))
             self._stack.push_async_callback(self.kube.close)
             self._stack.push_async_callback(self._stop_processes)
@@ -381,9 +404,18 @@ class World:
             "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-credentials"),
         }
 
-    def agent_argv(self, *extra: str, app_port: int, metrics_port: int, iptables: bool = True) -> list[str]:
+    def _podiam(self, interpreter_flags: Sequence[str] = ()) -> list[str]:
+        """The command that runs podiam: this interpreter's module, or ``podiam_command``."""
+        if self._podiam_command is None:
+            return [sys.executable, *interpreter_flags, "-m", "podiam"]
+        if interpreter_flags:
+            raise WorldError("interpreter flags need podiam run by this interpreter, not podiam_command")
+        return list(self._podiam_command)
+
+    def agent_argv(self, *extra: str, app_port: int, metrics_port: int, iptables: bool = True,
+                   interpreter_flags: Sequence[str] = ()) -> list[str]:
         argv = [
-            sys.executable, "-m", "podiam", "agent",
+            *self._podiam(interpreter_flags), "agent",
             "--node", self.node_name,
             "--kubeconfig", str(self.kubeconfig),
             "--app-port", str(app_port),
@@ -399,20 +431,21 @@ class World:
 
     async def start_agent(self, *extra: str, iptables: bool = True, app_port: int | None = None,
                           env: Mapping[str, str] | None = None,
-                          interpreter_flags: Sequence[str] = ()) -> AgentProcess:
+                          interpreter_flags: Sequence[str] = (), wrapper: Sequence[str] = ()) -> AgentProcess:
         """Start ``podiam agent`` for this node with the flags ``extra`` and wait until it is ready.
 
         In split mode, first a ``podiam server`` of its own, given those of ``extra`` that are
         the server's (policy, STS, events), and the agent the rest; ``env`` is the agent's.
-        ``interpreter_flags`` go to the agent's Python (``-X importtime``).
+        ``interpreter_flags`` go to the agent's Python (``-X importtime``); ``wrapper`` runs the
+        agent (``setpriv --bounding-set=-net_admin``: an agent without CAP_NET_ADMIN).
         """
         if self.mode == "split":
             return await self._start_split_agent(extra, iptables=iptables, app_port=app_port, env=env,
-                                                 interpreter_flags=interpreter_flags)
+                                                 interpreter_flags=interpreter_flags, wrapper=wrapper)
         metrics_port = free_port()
-        argv = self.agent_argv(*extra, app_port=app_port or free_port(),
-                               metrics_port=metrics_port, iptables=iptables)
-        argv[1:1] = interpreter_flags
+        argv = self.agent_argv(*extra, app_port=app_port or free_port(), metrics_port=metrics_port,
+                               iptables=iptables, interpreter_flags=interpreter_flags)
+        argv[0:0] = wrapper
         agent_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
                      **self.sts.client_env(), **(env or {})}
         agent = AgentProcess(argv, agent_env, self._tmp / f"agent-{len(self.agents)}.log", metrics_port)
@@ -430,7 +463,7 @@ class World:
         assert self.tls is not None, "a server needs split mode's certificates: World(mode='split')"
         metrics_port = free_port()
         argv = [
-            sys.executable, "-m", "podiam", "server",
+            *self._podiam(), "server",
             "--kubeconfig", str(self.kubeconfig),
             "--bind", f"127.0.0.1:{free_port()}",
             *_tls_flags(self.tls.server),
@@ -465,6 +498,33 @@ class World:
             raise
         return server
 
+    def user_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig of this world's API whose requests the audit log records as ``user``'s."""
+        return write_kubeconfig(self._tmp / f"kubeconfig-{user}", self.kube_url, token=user)
+
+    def api_requests(self, user: str) -> list[dict[str, Any]]:
+        """Every API request ``user`` made so far, as audit records (kubeapi_wire.audit_record)."""
+        records = [json.loads(line) for line in self._audit_log.read_text().splitlines() if line]
+        return [r for r in records if r["user"] == user]
+
+    async def start_podiam(self, args: Sequence[str], env: Mapping[str, str],
+                           server: ServerProcess | None = None) -> AgentProcess | ServerProcess:
+        """Start ``podiam ARGS`` (``agent ...`` or ``server ...``) exactly as given, with ``env`` besides
+        PATH and LANG, and wait until it is ready: a manifest's container, its addresses and paths
+        replaced by the test. An agent is stopped with the world (with ``server``, its server too)."""
+        argv = [sys.executable, "-m", "podiam", *args]
+        full_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", **env}
+        metrics_port = int(option(args, "--metrics-port"))
+        log_path = self._tmp / f"{args[0]}-{len(self.agents)}-rendered.log"
+        if args[0] == "server":
+            process: AgentProcess | ServerProcess = ServerProcess(argv, full_env, log_path, metrics_port)
+            self._stack.push_async_callback(_stop_quietly, process)
+        else:
+            process = AgentProcess(argv, full_env, log_path, metrics_port, server=server)
+            self.agents.append(process)
+        await process.start()
+        return process
+
     def split_agent_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """A split agent's whole environment, from nothing: no AWS credentials, STS address or kubeconfig."""
         home = self._tmp / "agent-home"  # empty: no ~/.aws or ~/.kube to fall back on
@@ -493,7 +553,7 @@ class World:
 
     async def _start_split_agent(self, extra: Sequence[str], *, servers: Sequence[ServerProcess] | None = None,
                                  iptables: bool, app_port: int | None, env: Mapping[str, str] | None,
-                                 interpreter_flags: Sequence[str]) -> AgentProcess:
+                                 interpreter_flags: Sequence[str], wrapper: Sequence[str] = ()) -> AgentProcess:
         """A split agent; with ``servers`` None, it owns a server of its own, given ``extra``'s server flags."""
         assert self._flag_route is not None
         server_flags, agent_flags = self._flag_route.split(extra)
@@ -511,7 +571,7 @@ class World:
             servers = [owned]
         metrics_port = free_port()
         argv = [
-            sys.executable, *interpreter_flags, "-m", "podiam", "agent",
+            *wrapper, *self._podiam(interpreter_flags), "agent",
             "--node", self.node_name,
             "--app-port", str(app_port or free_port()),
             "--metrics-port", str(metrics_port),
@@ -545,6 +605,23 @@ class World:
         """The Events recorded on this world's Node, as `kubectl describe node` shows them."""
         events = [e async for e in self.kube.list(Event, namespace="default")]
         return [e for e in events if e.involvedObject.kind == "Node" and e.involvedObject.name == self.node_name]
+
+    async def set_node_taints(self, taints: Sequence[Mapping[str, str]]) -> None:
+        """This world's Node with exactly these taints (key, value, effect): registered as a kubelet
+        with --register-with-taints does it, or its taints replaced as `kubectl taint` would."""
+        spec = NodeSpec(taints=[Taint(key=t["key"], effect=t["effect"], value=t.get("value")) for t in taints] or None)
+        try:
+            await self.kube.create(Node(metadata=ObjectMeta(name=self.node_name), spec=spec))
+        except ApiError as e:
+            if e.status.code != 409:
+                raise
+            await self.kube.patch(Node, self.node_name, {"spec": {"taints": [dict(t) for t in taints] or None}},
+                                  patch_type=PatchType.MERGE)
+
+    async def node_taints(self) -> list[dict[str, Any]]:
+        """This world's Node's taints, as `kubectl get node -o json` shows them."""
+        node = await self.kube.get(Node, self.node_name)
+        return [t.to_dict() for t in (node.spec.taints if node.spec is not None and node.spec.taints else [])]
 
     async def explain(self, *args: str) -> tuple[int, str]:
         """Run `podiam explain` against this world's API; returns exit code and output."""

@@ -39,8 +39,11 @@ _IFNAMSIZ = 16  # the kernel's buffer, NUL included: names have at most 15 chara
 # interface naming scheme (docker0, cali*, eni*, veth*, cni0, flannel.1, br-xxx, eth0.100)
 # fits, and characters such as '!', '+' or quotes inside a name would be misread by iptables.
 _IFACE_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
-# iptables' "does not exist" answer to -C and -D (exit status 1, as for other errors).
-_ABSENT_MARKER = "does a matching rule exist"
+# iptables' "does not exist" answers to -C and -D (exit status 1, as for other errors):
+# iptables-nft's "Bad rule (does a matching rule exist in that chain?)", and iptables-legacy's
+# for a rule with a target such as DNAT, "No chain/target/match by that name" (nat PREROUTING
+# always exists, and a match or target the kernel lacks makes the -I fail, with its own error).
+_ABSENT_MARKERS = ("does a matching rule exist", "No chain/target/match by that name")
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,23 @@ async def _iptables(args: list[str], *, call_timeout: float, binary: str) -> str
     lock_wait = str(max(1, int(call_timeout / 2)))
     argv = [binary, "-w", lock_wait, "-t", TABLE, *args]
     command = shlex.join(argv)
+    returncode, stdout, err = await run_tool(argv, call_timeout=call_timeout)
+    if returncode == 0:
+        return stdout
+    message = f"{command} failed with exit status {returncode}"
+    if returncode == 1 and args[0] in ("-C", "-D") and any(marker in err for marker in _ABSENT_MARKERS):
+        raise _RuleAbsent(f"{message}: {err}")
+    hint = " (podiam needs root or CAP_NET_ADMIN for --iptables)" if returncode == 4 else ""
+    raise IptablesError(f"{message}{hint}: {err or '(no stderr)'}")
+
+
+async def run_tool(argv: list[str], *, call_timeout: float) -> tuple[int, str, str]:
+    """Run an iptables tool (no shell) within ``call_timeout``: (exit status, stdout, stripped stderr).
+
+    IptablesError when it cannot be run or does not finish in time; it is then killed, with
+    anything it started, so no iptables process outlives the call.
+    """
+    binary, command = argv[0], shlex.join(argv)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -272,11 +292,5 @@ async def _iptables(args: list[str], *, call_timeout: float, binary: str) -> str
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-    err = stderr.decode(errors="replace").strip()
-    if proc.returncode == 0:
-        return stdout.decode(errors="replace")
-    message = f"{command} failed with exit status {proc.returncode}"
-    if proc.returncode == 1 and _ABSENT_MARKER in err:
-        raise _RuleAbsent(f"{message}: {err}")
-    hint = " (podiam needs root or CAP_NET_ADMIN for --iptables)" if proc.returncode == 4 else ""
-    raise IptablesError(f"{message}{hint}: {err or '(no stderr)'}")
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace").strip()

@@ -51,20 +51,23 @@ class RuleStore(Protocol):
 class IptablesRules:
     """The DNAT rule in the node's nat table."""
 
-    def __init__(self, rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout) -> None:
+    def __init__(self, rule: DnatRule, *, call_timeout: float = NodeSettings.iptables_timeout,
+                 binary: str = "iptables") -> None:
+        """binary: the chosen backend's iptables (node/backend.py)."""
         self._rule = rule
         self._call_timeout = call_timeout
+        self._binary = binary
 
     def describe(self) -> str:
         r = self._rule
         return f"nat PREROUTING DNAT of {r.metadata_ip}:{r.metadata_port} on {r.interface} to {r.destination}"
 
     async def present(self) -> bool:
-        return await rule_present(self._rule, call_timeout=self._call_timeout)
+        return await rule_present(self._rule, call_timeout=self._call_timeout, binary=self._binary)
 
     async def restore(self) -> None:
         # ensure_rule checks again: a rule put back meanwhile is not doubled.
-        await ensure_rule(self._rule, call_timeout=self._call_timeout)
+        await ensure_rule(self._rule, call_timeout=self._call_timeout, binary=self._binary)
 
 
 class RuleGuard:

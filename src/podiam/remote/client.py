@@ -28,7 +28,7 @@ from podiam.observability.metrics import Metrics
 from podiam.remote import podiam_pb2 as pb
 from podiam.remote import podiam_pb2_grpc as pb_grpc
 from podiam.remote.mirror import Mirror
-from podiam.remote.tls import TlsFiles, channel_credentials
+from podiam.remote.tls import CertificateExpiry, TlsFiles, channel_credentials
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -98,6 +98,7 @@ class StreamMetrics:
                             registry=r)
         self.failures = Counter("podiam_remote_stream_failures_total",
                                 "Streams that failed or broke, by gRPC status code.", ["code"], registry=r)
+        self.certificate = CertificateExpiry(metrics)
         Gauge("podiam_remote_mirror_pods", "Pods of this node in the mirror of the server's stream.",
               registry=r).set_function(lambda: len(mirror))
         Gauge("podiam_remote_seconds_since_update", "Seconds since the last message from a podiam server.",
@@ -158,7 +159,8 @@ class ServerStream:
         ]
         if address.startswith("dns:"):
             options.append(("grpc.lb_policy_name", "round_robin"))  # new streams spread over the replicas
-        async with grpc.aio.secure_channel(address, channel_credentials(self._files), options=options) as channel:
+        credentials = channel_credentials(self._files, self._metrics.certificate)
+        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
             stub = pb_grpc.PodiamStub(channel)
             request = pb.WatchNodeRequest(node=self._mirror.node)
             if self._mirror.resume is not None:

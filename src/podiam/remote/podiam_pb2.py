@@ -24,43 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apodiam/remote/podiam.proto\x12\tpodiam.v1\"H\n\x10WatchNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12&\n\x06resume\x18\x02 \x01(\x0b\x32\x16.podiam.v1.ResumePoint\"s\n\x0fReportedRefusal\x12\x0f\n\x07pod_uid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\r\"S\n\x15ReportRefusalsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12,\n\x08refusals\x18\x02 \x03(\x0b\x32\x1a.podiam.v1.ReportedRefusal\"8\n\x13ReportRefusalsReply\x12\x10\n\x08recorded\x18\x01 \x01(\r\x12\x0f\n\x07ignored\x18\x02 \x01(\r\".\n\x0bResumePoint\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"!\n\x03Tag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x82\x01\n\x08Identity\x12\x10\n\x08role_arn\x18\x01 \x01(\t\x12\x14\n\x0csession_name\x18\x02 \x01(\t\x12\x18\n\x0b\x65xternal_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x12$\n\x0csession_tags\x18\x04 \x03(\x0b\x32\x0e.podiam.v1.TagB\x0e\n\x0c_external_id\"*\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xcd\x01\n\x03Pod\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\'\n\x08identity\x18\x05 \x01(\x0b\x32\x13.podiam.v1.IdentityH\x00\x12%\n\x07refusal\x18\x06 \x01(\x0b\x32\x12.podiam.v1.RefusalH\x00\x12\x1c\n\x0fservice_account\x18\x07 \x01(\tH\x01\x88\x01\x01\x42\n\n\x08\x64\x65\x63isionB\x12\n\x10_service_account\"\x19\n\nPodRemoved\x12\x0b\n\x03uid\x18\x01 \x01(\t\"\x1c\n\rHostAddresses\x12\x0b\n\x03ips\x18\x01 \x03(\t\"\x80\x01\n\x0b\x43redentials\x12\x15\n\raccess_key_id\x18\x01 \x01(\t\x12\x19\n\x11secret_access_key\x18\x02 \x01(\t\x12\x15\n\rsession_token\x18\x03 \x01(\t\x12\x12\n\nexpiration\x18\x04 \x01(\x03\x12\x14\n\x0clast_updated\x18\x05 \x01(\x03\"\x9d\x01\n\x13IdentityCredentials\x12%\n\x08identity\x18\x01 \x01(\x0b\x32\x13.podiam.v1.Identity\x12-\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32\x16.podiam.v1.CredentialsH\x00\x12%\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x12.podiam.v1.RefusalH\x00\x42\t\n\x07outcome\"\xb1\x01\n\x08Snapshot\x12\x1c\n\x04pods\x18\x01 \x03(\x0b\x32\x0e.podiam.v1.Pod\x12&\n\x04host\x18\x02 \x01(\x0b\x32\x18.podiam.v1.HostAddresses\x12\x33\n\x0b\x63redentials\x18\x03 \x03(\x0b\x32\x1e.podiam.v1.IdentityCredentials\x12*\n\rhost_identity\x18\x04 \x01(\x0b\x32\x13.podiam.v1.Identity\"\xc9\x02\n\nNodeUpdate\x12&\n\x06resume\x18\x01 \x01(\x0b\x32\x16.podiam.v1.ResumePoint\x12\'\n\x08snapshot\x18\x02 \x01(\x0b\x32\x13.podiam.v1.SnapshotH\x00\x12\x1d\n\x03pod\x18\x03 \x01(\x0b\x32\x0e.podiam.v1.PodH\x00\x12,\n\x0bpod_removed\x18\x04 \x01(\x0b\x32\x15.podiam.v1.PodRemovedH\x00\x12(\n\x04host\x18\x05 \x01(\x0b\x32\x18.podiam.v1.HostAddressesH\x00\x12\x35\n\x0b\x63redentials\x18\x06 \x01(\x0b\x32\x1e.podiam.v1.IdentityCredentialsH\x00\x12\x32\n\x13\x63redentials_dropped\x18\x07 \x01(\x0b\x32\x13.podiam.v1.IdentityH\x00\x42\x08\n\x06\x63hange2\x9f\x01\n\x06Podiam\x12\x41\n\tWatchNode\x12\x1b.podiam.v1.WatchNodeRequest\x1a\x15.podiam.v1.NodeUpdate0\x01\x12R\n\x0eReportRefusals\x12 .podiam.v1.ReportRefusalsRequest\x1a\x1e.podiam.v1.ReportRefusalsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apodiam/remote/podiam.proto\x12\tpodiam.v1\"\"\n\x12ReportReadyRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"6\n\x10ReportReadyReply\x12\x11\n\ttaint_key\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"H\n\x10WatchNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12&\n\x06resume\x18\x02 \x01(\x0b\x32\x16.podiam.v1.ResumePoint\"s\n\x0fReportedRefusal\x12\x0f\n\x07pod_uid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\r\"S\n\x15ReportRefusalsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12,\n\x08refusals\x18\x02 \x03(\x0b\x32\x1a.podiam.v1.ReportedRefusal\"8\n\x13ReportRefusalsReply\x12\x10\n\x08recorded\x18\x01 \x01(\r\x12\x0f\n\x07ignored\x18\x02 \x01(\r\".\n\x0bResumePoint\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"!\n\x03Tag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x82\x01\n\x08Identity\x12\x10\n\x08role_arn\x18\x01 \x01(\t\x12\x14\n\x0csession_name\x18\x02 \x01(\t\x12\x18\n\x0b\x65xternal_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x12$\n\x0csession_tags\x18\x04 \x03(\x0b\x32\x0e.podiam.v1.TagB\x0e\n\x0c_external_id\"*\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xcd\x01\n\x03Pod\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\'\n\x08identity\x18\x05 \x01(\x0b\x32\x13.podiam.v1.IdentityH\x00\x12%\n\x07refusal\x18\x06 \x01(\x0b\x32\x12.podiam.v1.RefusalH\x00\x12\x1c\n\x0fservice_account\x18\x07 \x01(\tH\x01\x88\x01\x01\x42\n\n\x08\x64\x65\x63isionB\x12\n\x10_service_account\"\x19\n\nPodRemoved\x12\x0b\n\x03uid\x18\x01 \x01(\t\"\x1c\n\rHostAddresses\x12\x0b\n\x03ips\x18\x01 \x03(\t\"\x80\x01\n\x0b\x43redentials\x12\x15\n\raccess_key_id\x18\x01 \x01(\t\x12\x19\n\x11secret_access_key\x18\x02 \x01(\t\x12\x15\n\rsession_token\x18\x03 \x01(\t\x12\x12\n\nexpiration\x18\x04 \x01(\x03\x12\x14\n\x0clast_updated\x18\x05 \x01(\x03\"\x9d\x01\n\x13IdentityCredentials\x12%\n\x08identity\x18\x01 \x01(\x0b\x32\x13.podiam.v1.Identity\x12-\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32\x16.podiam.v1.CredentialsH\x00\x12%\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x12.podiam.v1.RefusalH\x00\x42\t\n\x07outcome\"\xb1\x01\n\x08Snapshot\x12\x1c\n\x04pods\x18\x01 \x03(\x0b\x32\x0e.podiam.v1.Pod\x12&\n\x04host\x18\x02 \x01(\x0b\x32\x18.podiam.v1.HostAddresses\x12\x33\n\x0b\x63redentials\x18\x03 \x03(\x0b\x32\x1e.podiam.v1.IdentityCredentials\x12*\n\rhost_identity\x18\x04 \x01(\x0b\x32\x13.podiam.v1.Identity\"\xc9\x02\n\nNodeUpdate\x12&\n\x06resume\x18\x01 \x01(\x0b\x32\x16.podiam.v1.ResumePoint\x12\'\n\x08snapshot\x18\x02 \x01(\x0b\x32\x13.podiam.v1.SnapshotH\x00\x12\x1d\n\x03pod\x18\x03 \x01(\x0b\x32\x0e.podiam.v1.PodH\x00\x12,\n\x0bpod_removed\x18\x04 \x01(\x0b\x32\x15.podiam.v1.PodRemovedH\x00\x12(\n\x04host\x18\x05 \x01(\x0b\x32\x18.podiam.v1.HostAddressesH\x00\x12\x35\n\x0b\x63redentials\x18\x06 \x01(\x0b\x32\x1e.podiam.v1.IdentityCredentialsH\x00\x12\x32\n\x13\x63redentials_dropped\x18\x07 \x01(\x0b\x32\x13.podiam.v1.IdentityH\x00\x42\x08\n\x06\x63hange2\xea\x01\n\x06Podiam\x12\x41\n\tWatchNode\x12\x1b.podiam.v1.WatchNodeRequest\x1a\x15.podiam.v1.NodeUpdate0\x01\x12R\n\x0eReportRefusals\x12 .podiam.v1.ReportRefusalsRequest\x1a\x1e.podiam.v1.ReportRefusalsReply\x12I\n\x0bReportReady\x12\x1d.podiam.v1.ReportReadyRequest\x1a\x1b.podiam.v1.ReportReadyReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podiam.remote.podiam_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHNODEREQUEST']._serialized_start=41
-  _globals['_WATCHNODEREQUEST']._serialized_end=113
-  _globals['_REPORTEDREFUSAL']._serialized_start=115
-  _globals['_REPORTEDREFUSAL']._serialized_end=230
-  _globals['_REPORTREFUSALSREQUEST']._serialized_start=232
-  _globals['_REPORTREFUSALSREQUEST']._serialized_end=315
-  _globals['_REPORTREFUSALSREPLY']._serialized_start=317
-  _globals['_REPORTREFUSALSREPLY']._serialized_end=373
-  _globals['_RESUMEPOINT']._serialized_start=375
-  _globals['_RESUMEPOINT']._serialized_end=421
-  _globals['_TAG']._serialized_start=423
-  _globals['_TAG']._serialized_end=456
-  _globals['_IDENTITY']._serialized_start=459
-  _globals['_IDENTITY']._serialized_end=589
-  _globals['_REFUSAL']._serialized_start=591
-  _globals['_REFUSAL']._serialized_end=633
-  _globals['_POD']._serialized_start=636
-  _globals['_POD']._serialized_end=841
-  _globals['_PODREMOVED']._serialized_start=843
-  _globals['_PODREMOVED']._serialized_end=868
-  _globals['_HOSTADDRESSES']._serialized_start=870
-  _globals['_HOSTADDRESSES']._serialized_end=898
-  _globals['_CREDENTIALS']._serialized_start=901
-  _globals['_CREDENTIALS']._serialized_end=1029
-  _globals['_IDENTITYCREDENTIALS']._serialized_start=1032
-  _globals['_IDENTITYCREDENTIALS']._serialized_end=1189
-  _globals['_SNAPSHOT']._serialized_start=1192
-  _globals['_SNAPSHOT']._serialized_end=1369
-  _globals['_NODEUPDATE']._serialized_start=1372
-  _globals['_NODEUPDATE']._serialized_end=1701
-  _globals['_PODIAM']._serialized_start=1704
-  _globals['_PODIAM']._serialized_end=1863
+  _globals['_REPORTREADYREQUEST']._serialized_start=41
+  _globals['_REPORTREADYREQUEST']._serialized_end=75
+  _globals['_REPORTREADYREPLY']._serialized_start=77
+  _globals['_REPORTREADYREPLY']._serialized_end=131
+  _globals['_WATCHNODEREQUEST']._serialized_start=133
+  _globals['_WATCHNODEREQUEST']._serialized_end=205
+  _globals['_REPORTEDREFUSAL']._serialized_start=207
+  _globals['_REPORTEDREFUSAL']._serialized_end=322
+  _globals['_REPORTREFUSALSREQUEST']._serialized_start=324
+  _globals['_REPORTREFUSALSREQUEST']._serialized_end=407
+  _globals['_REPORTREFUSALSREPLY']._serialized_start=409
+  _globals['_REPORTREFUSALSREPLY']._serialized_end=465
+  _globals['_RESUMEPOINT']._serialized_start=467
+  _globals['_RESUMEPOINT']._serialized_end=513
+  _globals['_TAG']._serialized_start=515
+  _globals['_TAG']._serialized_end=548
+  _globals['_IDENTITY']._serialized_start=551
+  _globals['_IDENTITY']._serialized_end=681
+  _globals['_REFUSAL']._serialized_start=683
+  _globals['_REFUSAL']._serialized_end=725
+  _globals['_POD']._serialized_start=728
+  _globals['_POD']._serialized_end=933
+  _globals['_PODREMOVED']._serialized_start=935
+  _globals['_PODREMOVED']._serialized_end=960
+  _globals['_HOSTADDRESSES']._serialized_start=962
+  _globals['_HOSTADDRESSES']._serialized_end=990
+  _globals['_CREDENTIALS']._serialized_start=993
+  _globals['_CREDENTIALS']._serialized_end=1121
+  _globals['_IDENTITYCREDENTIALS']._serialized_start=1124
+  _globals['_IDENTITYCREDENTIALS']._serialized_end=1281
+  _globals['_SNAPSHOT']._serialized_start=1284
+  _globals['_SNAPSHOT']._serialized_end=1461
+  _globals['_NODEUPDATE']._serialized_start=1464
+  _globals['_NODEUPDATE']._serialized_end=1793
+  _globals['_PODIAM']._serialized_start=1796
+  _globals['_PODIAM']._serialized_end=2030
 # @@protoc_insertion_point(module_scope)

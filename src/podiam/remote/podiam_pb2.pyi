@@ -32,6 +32,49 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ReportReadyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportReadyRequest: _TypeAlias = ReportReadyRequest  # noqa: Y015
+
+@_typing.final
+class ReportReadyReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAINT_KEY_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    taint_key: _builtins.str
+    """The server's --node-ready-taint; empty: it has none, and nothing was removed."""
+    removed: _builtins.bool
+    """Whether this call removed it (false: the node did not have it, or there is no key)."""
+    def __init__(
+        self,
+        *,
+        taint_key: _builtins.str = ...,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "taint_key", b"taint_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportReadyReply: _TypeAlias = ReportReadyReply  # noqa: Y015
+
+@_typing.final
 class WatchNodeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,6 +44,11 @@ class PodiamStub:
                 request_serializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsRequest.SerializeToString,
                 response_deserializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsReply.FromString,
                 _registered_method=True)
+        self.ReportReady = channel.unary_unary(
+                '/podiam.v1.Podiam/ReportReady',
+                request_serializer=podiam_dot_remote_dot_podiam__pb2.ReportReadyRequest.SerializeToString,
+                response_deserializer=podiam_dot_remote_dot_podiam__pb2.ReportReadyReply.FromString,
+                _registered_method=True)
 
 
 class PodiamServicer:
@@ -64,6 +69,17 @@ class PodiamServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportReady(self, request, context):
+        """The agent is ready, as its /readyz says: its DNAT rule is installed and its mirror holds
+        a snapshot. The server removes its own --node-ready-taint from the named node (never a
+        taint the agent names: the request carries none) and answers once that is done; an error
+        status (UNAVAILABLE, NOT_FOUND, ABORTED, DEADLINE_EXCEEDED) means it is not, and the agent
+        calls again, after a reconnect possibly on another replica, until it has an answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PodiamServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +92,11 @@ def add_PodiamServicer_to_server(servicer, server):
                     servicer.ReportRefusals,
                     request_deserializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsRequest.FromString,
                     response_serializer=podiam_dot_remote_dot_podiam__pb2.ReportRefusalsReply.SerializeToString,
+            ),
+            'ReportReady': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportReady,
+                    request_deserializer=podiam_dot_remote_dot_podiam__pb2.ReportReadyRequest.FromString,
+                    response_serializer=podiam_dot_remote_dot_podiam__pb2.ReportReadyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +153,33 @@ class Podiam:
             '/podiam.v1.Podiam/ReportRefusals',
             podiam_dot_remote_dot_podiam__pb2.ReportRefusalsRequest.SerializeToString,
             podiam_dot_remote_dot_podiam__pb2.ReportRefusalsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportReady(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podiam.v1.Podiam/ReportReady',
+            podiam_dot_remote_dot_podiam__pb2.ReportReadyRequest.SerializeToString,
+            podiam_dot_remote_dot_podiam__pb2.ReportReadyReply.FromString,
             options,
             channel_credentials,
             insecure,

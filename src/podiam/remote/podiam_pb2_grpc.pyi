@@ -50,6 +50,13 @@ class PodiamStub:
     events (the agent has no Kubernetes access). Sent in the background, never while a pod
     waits; the server records only pods it knows on the named node.
     """
+    ReportReady: _grpc.UnaryUnaryMultiCallable[_podiam_pb2.ReportReadyRequest, _podiam_pb2.ReportReadyReply]
+    """The agent is ready, as its /readyz says: its DNAT rule is installed and its mirror holds
+    a snapshot. The server removes its own --node-ready-taint from the named node (never a
+    taint the agent names: the request carries none) and answers once that is done; an error
+    status (UNAVAILABLE, NOT_FOUND, ABORTED, DEADLINE_EXCEEDED) means it is not, and the agent
+    calls again, after a reconnect possibly on another replica, until it has an answer.
+    """
 
 @_typing.type_check_only
 class PodiamAsyncStub(PodiamStub):
@@ -59,6 +66,13 @@ class PodiamAsyncStub(PodiamStub):
     """The agent's refusals that a pod's owner can act on, for the server to write as Warning
     events (the agent has no Kubernetes access). Sent in the background, never while a pod
     waits; the server records only pods it knows on the named node.
+    """
+    ReportReady: _aio.UnaryUnaryMultiCallable[_podiam_pb2.ReportReadyRequest, _podiam_pb2.ReportReadyReply]  # type: ignore[assignment]
+    """The agent is ready, as its /readyz says: its DNAT rule is installed and its mirror holds
+    a snapshot. The server removes its own --node-ready-taint from the named node (never a
+    taint the agent names: the request carries none) and answers once that is done; an error
+    status (UNAVAILABLE, NOT_FOUND, ABORTED, DEADLINE_EXCEEDED) means it is not, and the agent
+    calls again, after a reconnect possibly on another replica, until it has an answer.
     """
 
 class PodiamServicer(metaclass=_abc_1.ABCMeta):
@@ -78,6 +92,19 @@ class PodiamServicer(metaclass=_abc_1.ABCMeta):
         """The agent's refusals that a pod's owner can act on, for the server to write as Warning
         events (the agent has no Kubernetes access). Sent in the background, never while a pod
         waits; the server records only pods it knows on the named node.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportReady(
+        self,
+        request: _podiam_pb2.ReportReadyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_podiam_pb2.ReportReadyReply, _abc.Awaitable[_podiam_pb2.ReportReadyReply]]:
+        """The agent is ready, as its /readyz says: its DNAT rule is installed and its mirror holds
+        a snapshot. The server removes its own --node-ready-taint from the named node (never a
+        taint the agent names: the request carries none) and answers once that is done; an error
+        status (UNAVAILABLE, NOT_FOUND, ABORTED, DEADLINE_EXCEEDED) means it is not, and the agent
+        calls again, after a reconnect possibly on another replica, until it has an answer.
         """
 
 def add_PodiamServicer_to_server(servicer: PodiamServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,6 @@
 """
-Split mode's gRPC service: WatchNode streams one node's feed (remote/feed.py) to its agent.
+Split mode's gRPC service: WatchNode streams one node's feed (remote/feed.py) to its agent;
+ReportRefusals (remote/reports.py) and ReportReady (remote/ready.py) are the agents' reports.
 
 mTLS only (remote/tls.py), keepalive pings both ways, and a maximum connection age so that
 agents reconnect now and then (resuming where they were) and spread over the replicas a DNS
@@ -17,13 +18,14 @@ import grpc
 import structlog
 from prometheus_client import Counter, Gauge
 
-from podiam.errors import ConfigError
+from podiam.errors import ConfigError, KubeError, NodeChanged, NodeNotFound
 from podiam.observability.metrics import Metrics
 from podiam.remote import podiam_pb2 as pb
 from podiam.remote import podiam_pb2_grpc as pb_grpc
 from podiam.remote.feed import ClusterFeed
+from podiam.remote.ready import ReadyNodes
 from podiam.remote.reports import RefusalRecorder, refusals_from_wire
-from podiam.remote.tls import TlsFiles, is_client_certificate, server_credentials
+from podiam.remote.tls import CertificateExpiry, TlsFiles, is_client_certificate, server_credentials
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -63,6 +65,10 @@ class ServerMetrics:
                                 "Refusals agents reported, by outcome: recorded (as a Warning event) or ignored "
                                 "(pod not on the agent's node, unknown reason, events off).", ["outcome"],
                                 registry=metrics.registry)
+        self.ready = Counter("podiam_server_ready_reports_total",
+                             "Agents' readiness reports, by outcome: removed (the node-ready taint), absent (the "
+                             "node had none), no_taint (no --node-ready-taint), failed (not removed: the agent "
+                             "retries).", ["outcome"], registry=metrics.registry)
 
 
 MAX_REPORTED_COUNT = 10_000
@@ -71,10 +77,12 @@ MAX_REPORTED_COUNT = 10_000
 
 class PodiamService(pb_grpc.PodiamServicer):
     def __init__(self, feed: ClusterFeed, metrics: ServerMetrics, refusals: RefusalRecorder | None = None,
-                 synced: Callable[[], bool] = lambda: True) -> None:
+                 synced: Callable[[], bool] = lambda: True, ready_nodes: ReadyNodes | None = None) -> None:
         """refusals: writes the agents' reported refusals as events; None (--no-pod-events) ignores them.
-        synced: whether the cluster's pods have been listed; until then no stream is served."""
+        synced: whether the cluster's pods have been listed; until then no stream is served.
+        ready_nodes: removes the node-ready taint of an agent that reports ready; None: no --node-ready-taint."""
         self._feed, self._metrics, self._refusals, self._synced = feed, metrics, refusals, synced
+        self._ready_nodes = ready_nodes
 
     async def _check_caller(self, node: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Every RPC: an agent's client certificate, and the node it speaks for."""
@@ -100,6 +108,36 @@ class PodiamService(pb_grpc.PodiamServicer):
         self._metrics.refusals.labels("recorded").inc(recorded)
         self._metrics.refusals.labels("ignored").inc(ignored)
         return pb.ReportRefusalsReply(recorded=recorded, ignored=ignored)
+
+    async def ReportReady(  # the RPC's name in podiam.proto
+        self, request: pb.ReportReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ReportReadyRequest, pb.ReportReadyReply],
+    ) -> pb.ReportReadyReply:
+        await self._check_caller(request.node, context)
+        if self._ready_nodes is None:
+            self._metrics.ready.labels("no_taint").inc()
+            return pb.ReportReadyReply()
+        key = self._ready_nodes.taint_key
+        status: grpc.StatusCode | None = None
+        try:
+            removed = await self._ready_nodes.node_ready(request.node)
+        except NodeNotFound as e:
+            status, detail = grpc.StatusCode.NOT_FOUND, str(e)
+        except NodeChanged as e:
+            status, detail = grpc.StatusCode.ABORTED, str(e)
+        except KubeError as e:
+            status, detail = grpc.StatusCode.UNAVAILABLE, str(e)
+        except Exception as e:  # lightkube raises more than its ApiError (KeyError): the agent retries
+            status, detail = grpc.StatusCode.UNAVAILABLE, f"{type(e).__name__}: {str(e)[:200]}"
+        if status is not None:
+            self._metrics.ready.labels("failed").inc()
+            log.warning("node-ready taint not removed; the agent will report again", node=request.node, key=key,
+                        error=detail[:200])
+            await context.abort(status, detail[:500])
+        self._metrics.ready.labels("removed" if removed else "absent").inc()
+        log.info("node-ready taint removed" if removed else "node-ready taint already absent", node=request.node,
+                 key=key, peer=context.peer())
+        return pb.ReportReadyReply(taint_key=key, removed=removed)
 
     async def WatchNode(  # the RPC's name in podiam.proto
         self, request: pb.WatchNodeRequest, context: grpc.aio.ServicerContext[pb.WatchNodeRequest, pb.NodeUpdate],
@@ -133,10 +171,13 @@ class PodiamService(pb_grpc.PodiamServicer):
 
 
 class GrpcServer:
-    """``async with GrpcServer(feed, files, settings, metrics, refusals) as server:`` serves until exit."""
+    """``async with GrpcServer(feed, files, settings, metrics, refusals) as server:`` serves until exit.
+
+    ready_nodes: what ReportReady does (removes the server's --node-ready-taint); None: it has none."""
 
     def __init__(self, feed: ClusterFeed, files: TlsFiles, settings: ServiceSettings, metrics: Metrics,
-                 refusals: RefusalRecorder | None = None, *, synced: Callable[[], bool] = lambda: True) -> None:
+                 refusals: RefusalRecorder | None = None, *, synced: Callable[[], bool] = lambda: True,
+                 ready_nodes: ReadyNodes | None = None) -> None:
         self._settings = settings
         self._server = grpc.aio.server(options=[
             ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
@@ -153,10 +194,11 @@ class GrpcServer:
             # start without error and silently take half the agents' connections.
             ("grpc.so_reuseport", 0),
         ])
-        service = PodiamService(feed, ServerMetrics(metrics), refusals, synced)
+        service = PodiamService(feed, ServerMetrics(metrics), refusals, synced, ready_nodes)
         pb_grpc.add_PodiamServicer_to_server(service, self._server)
+        credentials = server_credentials(files, CertificateExpiry(metrics))
         try:
-            self._port = self._server.add_secure_port(settings.bind, server_credentials(files))
+            self._port = self._server.add_secure_port(settings.bind, credentials)
         except RuntimeError as e:  # grpcio's way of saying the address is taken or not ours
             raise ConfigError(f"--bind: cannot listen on {settings.bind} (in use, or not this host's)") from e
         if not self._port:
