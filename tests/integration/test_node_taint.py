@@ -41,6 +41,7 @@ from podiam.server_runner import NodeReadyTaint
 from podiam.settings import KubeSettings, ReadyTaintSettings, RoleSettings
 from podiam_sandbox.kubeapi import KubeApi, run_kubeapi, write_kubeconfig
 from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
+from tls_files import leaf_files
 
 NODE = "node-1"
 KEY = "podiam.io/agent-not-ready"
@@ -147,17 +148,6 @@ async def test_an_unreachable_api_is_a_kube_error(tmp_path: Path) -> None:
 # --- Split mode: ReportReady -------------------------------------------------------------------
 
 
-def write(tmp: Path, name: str, blob: trustme.Blob) -> str:
-    path = tmp / name
-    path.write_bytes(blob.bytes())
-    return str(path)
-
-
-def tls(tmp: Path, ca: trustme.CA, prefix: str, cert: trustme.LeafCert) -> TlsFiles:
-    return TlsFiles(write(tmp, f"{prefix}.crt", cert.cert_chain_pems[0]),
-                    write(tmp, f"{prefix}.key", cert.private_key_pem), write(tmp, f"{prefix}-ca.crt", ca.cert_pem))
-
-
 @contextlib.asynccontextmanager
 async def server(files: TlsFiles, kube: lightkube.AsyncClient | None, metrics: Metrics) -> AsyncIterator[str]:
     """A podiam server's gRPC service (no pods) whose ReportReady removes KEY with ``kube``; None: no key."""
@@ -192,8 +182,8 @@ async def split_agent(addresses: list[str], files: TlsFiles) -> AsyncIterator[Re
 @pytest_asyncio.fixture
 async def pki(tmp_path: Path) -> tuple[TlsFiles, TlsFiles]:
     ca = trustme.CA()
-    return (tls(tmp_path, ca, "server", ca.issue_cert("localhost", "127.0.0.1")),
-            tls(tmp_path, ca, "agent", ca.issue_cert("agent")))
+    return (leaf_files(tmp_path, "server", ca.issue_cert("localhost", "127.0.0.1"), ca),
+            leaf_files(tmp_path, "agent", ca.issue_cert("agent"), ca))
 
 
 def ready_reports(metrics: Metrics, outcome: str) -> float:

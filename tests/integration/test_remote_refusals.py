@@ -39,6 +39,7 @@ from podiam.server_runner import AgentRefusals
 from podiam.settings import EventSettings, ImdsSettings, KubeSettings, ReportSettings, RoleSettings
 from podiam_sandbox.kubeapi import run_kubeapi
 from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
+from tls_files import leaf_files
 
 BASE = "arn:aws:iam::123456789012:role/"
 NODE = "node-1"
@@ -47,17 +48,6 @@ NODE = "node-1"
 def pod(name: str, ip: str, role: str, node: str = NODE) -> PodInfo:
     return PodInfo("team", name, f"uid-{name}", ip, "Running", annotations={"iam.amazonaws.com/role": role},
                    node=node)
-
-
-def write(tmp: Path, name: str, blob: trustme.Blob) -> str:
-    path = tmp / name
-    path.write_bytes(blob.bytes())
-    return str(path)
-
-
-def files(tmp: Path, ca: trustme.CA, prefix: str, cert: trustme.LeafCert) -> TlsFiles:
-    return TlsFiles(write(tmp, f"{prefix}.crt", cert.cert_chain_pems[0]),
-                    write(tmp, f"{prefix}.key", cert.private_key_pem), write(tmp, f"{prefix}-ca.crt", ca.cert_pem))
 
 
 @dataclass
@@ -90,8 +80,8 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
 @pytest_asyncio.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     ca = trustme.CA()
-    server_files = files(tmp_path, ca, "server", ca.issue_cert("localhost", "127.0.0.1"))
-    agent_files = files(tmp_path, ca, "agent", ca.issue_cert("agent"))
+    server_files = leaf_files(tmp_path, "server", ca.issue_cert("localhost", "127.0.0.1"), ca)
+    agent_files = leaf_files(tmp_path, "agent", ca.issue_cert("agent"), ca)
     policy = RolePolicy.from_settings(RoleSettings(), BASE)
     feed = ClusterFeed(FeedLimits(change_log=50, send_queue=50), policy.host_identity, prefetch=lambda i: None)
     index = ClusterIndex(policy.identity)

@@ -37,6 +37,7 @@ from podiam.remote.mirror import Mirror
 from podiam.remote.server import GrpcServer, ServiceSettings
 from podiam.remote.tls import TlsFiles, channel_credentials
 from podiam.settings import ImdsSettings, RoleSettings
+from tls_files import leaf_files, write
 
 BASE = "arn:aws:iam::123456789012:role/"
 NODE = "node-1"
@@ -50,17 +51,6 @@ def creds(key: str, minutes: int = 60) -> Credentials:
 def pod(name: str, ip: str | None, role: str | None = None, node: str = NODE, **kw: object) -> PodInfo:
     notes = {"iam.amazonaws.com/role": role} if role else {}
     return PodInfo("team", name, f"uid-{name}", ip, "Running", annotations=notes, node=node, **kw)  # type: ignore[arg-type]
-
-
-def write(tmp: Path, name: str, blob: trustme.Blob | bytes) -> str:
-    path = tmp / name
-    path.write_bytes(blob if isinstance(blob, bytes) else blob.bytes())
-    return str(path)
-
-
-def leaf_files(tmp: Path, ca: trustme.CA, prefix: str, cert: trustme.LeafCert, trust: trustme.CA) -> TlsFiles:
-    return TlsFiles(write(tmp, f"{prefix}.crt", cert.cert_chain_pems[0]),
-                    write(tmp, f"{prefix}.key", cert.private_key_pem), write(tmp, f"{prefix}-ca.crt", trust.cert_pem))
 
 
 class Server:
@@ -81,12 +71,12 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def server_files(tmp_path: Path, ca: trustme.CA) -> TlsFiles:
-    return leaf_files(tmp_path, ca, "server", ca.issue_cert("localhost", "127.0.0.1"), ca)
+    return leaf_files(tmp_path, "server", ca.issue_cert("localhost", "127.0.0.1"), ca)
 
 
 @pytest.fixture
 def agent_files(tmp_path: Path, ca: trustme.CA) -> TlsFiles:
-    return leaf_files(tmp_path, ca, "agent", ca.issue_cert("agent"), ca)
+    return leaf_files(tmp_path, "agent", ca.issue_cert("agent"), ca)
 
 
 @pytest.fixture
@@ -321,7 +311,7 @@ async def test_a_certificate_without_client_auth_usage_is_refused(server: Server
 
 async def test_the_agent_refuses_a_server_from_another_ca(tmp_path: Path, agent_files: TlsFiles) -> None:
     rogue_ca = trustme.CA()
-    rogue = leaf_files(tmp_path, rogue_ca, "rogue", rogue_ca.issue_cert("localhost", "127.0.0.1"), rogue_ca)
+    rogue = leaf_files(tmp_path, "rogue", rogue_ca.issue_cert("localhost", "127.0.0.1"), rogue_ca)
     feed = ClusterFeed(FeedLimits(), lambda n: None, prefetch=lambda i: None)
     async with GrpcServer(feed, rogue, ServiceSettings(bind="127.0.0.1:0"), Metrics()) as rogue_server:
         with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -343,7 +333,7 @@ async def test_replaced_certificate_files_apply_to_new_connections(
     for path, blob in ((server_files.cert, new_server.cert_chain_pems[0]),
                        (server_files.key, new_server.private_key_pem), (server_files.ca, new_ca.cert_pem)):
         write(Path(path).parent, Path(path).name, blob)
-    new_agent = leaf_files(tmp_path, new_ca, "new-agent", new_ca.issue_cert("agent"), new_ca)
+    new_agent = leaf_files(tmp_path, "new-agent", new_ca.issue_cert("agent"), new_ca)
     assert (await watch_once(server.address, channel_credentials(new_agent))).HasField("snapshot")
 
 
