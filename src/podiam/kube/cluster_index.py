@@ -17,7 +17,7 @@ from typing import Protocol
 
 from podiam.credentials import Identity
 from podiam.errors import IdentityError
-from podiam.kube.pod_index import IndexListener, PodIndex
+from podiam.kube.pod_index import IdentityUses, IndexListener, PodIndex
 from podiam.pods import INACTIVE_PHASES, PodInfo
 
 
@@ -47,6 +47,8 @@ class ClusterIndex:
         """pod uid -> the node it is bound to (a pod never moves)."""
         self._bound: dict[str, tuple[PodInfo, Identity]] = {}
         """Pods bound to a node without an IP yet, and the identity they will get."""
+        self._bound_uses = IdentityUses()
+        """The identities of the bound pods, so identity_in_use is a lookup, not a scan."""
         self._listeners: list[ClusterListener] = []
         self.synced = asyncio.Event()
         """Set once the first full list has been applied."""
@@ -66,8 +68,7 @@ class ClusterIndex:
         return list(self._nodes)
 
     def identity_in_use(self, identity: Identity) -> bool:
-        return (any(index.identity_in_use(identity) for index in self._nodes.values())
-                or any(bound == identity for _, bound in self._bound.values()))
+        return identity in self._bound_uses or any(index.identity_in_use(identity) for index in self._nodes.values())
 
     # -- updates, from the watcher (the pod index's sink interface) --------------------------
 
@@ -152,11 +153,13 @@ class ClusterIndex:
         except IdentityError:
             return  # refused: told when it is indexed, with its IP
         self._bound[pod.uid] = (pod, identity)
+        self._bound_uses.add(identity)
         for listener in self._listeners:
             listener.pod_bound(pod, identity)
 
     def _unbind(self, uid: str) -> None:
         gone = self._bound.pop(uid, None)
         if gone is not None:
+            self._bound_uses.remove(gone[1])
             for listener in self._listeners:
                 listener.pod_unbound(*gone)

@@ -10,6 +10,7 @@ Policy runs when a pod changes, not per request: a lookup is two dict reads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -36,6 +37,9 @@ class PodIndex:
         self.host_identity = host_identity
         self._by_uid: dict[str, PodEntry] = {}
         self._by_ip: dict[str, dict[str, PodEntry]] = {}
+        self._uses = IdentityUses()
+        """The identities of the active pods: identity_in_use is asked at every pod that goes, and
+        the server's cluster index asks it of every node (a scan made each change O(pods))."""
         self._static_host_ips = frozenset(host_ips)
         self._host_network: dict[str, str] = {}
         """hostNetwork pod uid -> its IP, which is one of the node's own addresses."""
@@ -57,7 +61,7 @@ class PodIndex:
 
     def identity_in_use(self, identity: Identity) -> bool:
         """Whether any active pod still uses ``identity`` (so its credentials stay cached)."""
-        return any(e.identity == identity for e in self._by_uid.values())
+        return identity in self._uses
 
     # -- updates, from the watcher ---------------------------------------------------------
 
@@ -87,6 +91,8 @@ class PodIndex:
                 return  # decided again, same answer
             self._drop(pod.uid, replaced_by=entry)
         self._by_uid[pod.uid] = entry
+        if entry.identity is not None:
+            self._uses.add(entry.identity)
         assert pod.ip is not None  # active pods have an IP
         self._by_ip.setdefault(pod.ip, {})[pod.uid] = entry
         self._waiters.wake(pod.ip)
@@ -175,6 +181,8 @@ class PodIndex:
         entry = self._by_uid.pop(uid, None)
         if entry is None:
             return
+        if entry.identity is not None:
+            self._uses.remove(entry.identity)
         assert entry.pod.ip is not None
         same_ip = self._by_ip.get(entry.pod.ip)
         if same_ip is not None:
@@ -185,3 +193,20 @@ class PodIndex:
             for listener in self._listeners:
                 listener.pod_gone(entry)
 
+
+class IdentityUses:
+    """How many pods use each identity; only identities in use are held."""
+
+    def __init__(self) -> None:
+        self._count: collections.Counter[Identity] = collections.Counter()
+
+    def __contains__(self, identity: Identity) -> bool:
+        return identity in self._count
+
+    def add(self, identity: Identity) -> None:
+        self._count[identity] += 1
+
+    def remove(self, identity: Identity) -> None:
+        self._count[identity] -= 1
+        if self._count[identity] <= 0:
+            del self._count[identity]
