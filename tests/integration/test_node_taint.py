@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from podiam.server_runner import NodeReadyTaint
 from podiam.settings import KubeSettings, ReadyTaintSettings, RoleSettings
 from podiam_sandbox.kubeapi import KubeApi, run_kubeapi, write_kubeconfig
 from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
+from podiam_sandbox.world import wait_until
 from tls_files import leaf_files
 
 NODE = "node-1"
@@ -190,15 +191,6 @@ def ready_reports(metrics: Metrics, outcome: str) -> float:
     return metrics.registry.get_sample_value("podiam_server_ready_reports_total", {"outcome": outcome}) or 0.0
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    try:
-        async with asyncio.timeout(10):
-            while not await check():
-                await asyncio.sleep(0.01)  # polling a condition under a deadline
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 async def test_a_ready_split_agent_has_the_server_remove_its_own_key(
     api: KubeApi, client: lightkube.AsyncClient, pki: tuple[TlsFiles, TlsFiles],
 ) -> None:
@@ -245,7 +237,7 @@ async def test_a_report_that_failed_is_made_again_on_the_next_replica(
         async def failed_on_a() -> bool:
             return ready_reports(a_metrics, "failed") >= 1
 
-        await until(failed_on_a, "a failed report on replica A")
+        await wait_until(failed_on_a, what="a failed report on replica A")
         assert not removal.done.is_set() and await taints_of(api.emulator) == [OURS]
         await replica_a.aclose()  # A goes away; the agent's stream moves to B, and so does its report
         await asyncio.wait_for(removal.done.wait(), 10)

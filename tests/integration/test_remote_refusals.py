@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from podiam.server_runner import AgentRefusals
 from podiam.settings import EventSettings, ImdsSettings, KubeSettings, ReportSettings, RoleSettings
 from podiam_sandbox.kubeapi import run_kubeapi
 from podiam_sandbox.kubeapi_emulator import KubeApiEmulator
+from podiam_sandbox.world import wait_until
 from tls_files import leaf_files
 
 BASE = "arn:aws:iam::123456789012:role/"
@@ -66,15 +67,6 @@ class World:
         value = self.server_metrics.registry.get_sample_value("podiam_server_reported_refusals_total",
                                                               {"outcome": outcome})
         return value or 0.0
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    try:
-        async with asyncio.timeout(10):
-            while not await check():
-                await asyncio.sleep(0.01)  # polling a condition under a deadline
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @pytest_asyncio.fixture
@@ -128,7 +120,7 @@ async def test_a_role_mismatch_at_the_split_agent_becomes_a_warning_event_on_the
                 return [(e["reason"], e["type"], e["count"]) for e in await world.events("web")] == [
                     ("IAMRoleForbidden", "Warning", 3)]
 
-            await until(reported, "the IAMRoleForbidden event on team/web")
+            await wait_until(reported, what="the IAMRoleForbidden event on team/web")
             assert len(reporter) == 0
             assert metrics.registry.get_sample_value("podiam_remote_refusals_reported_total") == 3
             assert world.reported("recorded") >= 1
@@ -181,7 +173,7 @@ async def test_refusals_still_pending_at_shutdown_are_sent_before_the_stream_clo
                 return metrics.registry.get_sample_value("podiam_remote_report_failures_total",
                                                          {"code": "no_stream"}) == 1
 
-            await until(first_report_failed, "the first report, made with no stream open")
+            await wait_until(first_report_failed, what="the first report, made with no stream open")
             open_channel = True  # the stream is up; the sender sleeps out its 600 s back-off
             await reporter.flush()
             assert len(reporter) == 0
@@ -192,7 +184,7 @@ async def test_refusals_still_pending_at_shutdown_are_sent_before_the_stream_clo
             async def written() -> bool:
                 return [(e["reason"], e["count"]) for e in await world.events("web")] == [("IAMRoleForbidden", 2)]
 
-            await until(written, "the IAMRoleForbidden event written from the flushed report")
+            await wait_until(written, what="the IAMRoleForbidden event written from the flushed report")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -44,6 +44,18 @@ def served_or_waiting(pod: PodInfo) -> bool:
     return pod.active or waiting
 
 
+def apply(index: PodIndex | ClusterIndex, op: str, pod: PodInfo, latest: dict[str, PodInfo]) -> None:
+    """One change to ``index``, and to ``latest`` (uid -> the pod as last told) as the model of it."""
+    if op == "upsert":
+        index.upsert(pod)
+        latest[pod.uid] = pod
+    elif op == "delete":
+        index.delete(pod)
+        latest.pop(pod.uid, None)
+    else:
+        index.replace(latest.values())
+
+
 class Checker:
     """A listener that asks identity_in_use whenever it is told something, and compares with a scan."""
 
@@ -70,14 +82,7 @@ def test_the_pod_index_counts_what_a_scan_finds(steps: list[tuple[str, PodInfo]]
     index.subscribe(checker)
     latest: dict[str, PodInfo] = {}
     for op, pod in steps:
-        if op == "upsert":
-            index.upsert(pod)
-            latest[pod.uid] = pod
-        elif op == "delete":
-            index.delete(pod)
-            latest.pop(pod.uid, None)
-        else:
-            index.replace(latest.values())
+        apply(index, op, pod, latest)
         for identity in IDENTITIES:
             assert index.identity_in_use(identity) == any(e.identity == identity for e in index.entries())
 
@@ -88,14 +93,7 @@ def test_the_cluster_index_counts_indexed_and_bound_pods(steps: list[tuple[str, 
     index = ClusterIndex(POLICY.identity)
     latest: dict[str, PodInfo] = {}
     for op, pod in steps:
-        if op == "upsert":
-            index.upsert(pod)
-            latest[pod.uid] = pod
-        elif op == "delete":
-            index.delete(pod)
-            latest.pop(pod.uid, None)
-        else:
-            index.replace(latest.values())
+        apply(index, op, pod, latest)
         for identity in IDENTITIES:
             expected = any(served_or_waiting(p) and decided(p) == identity for p in latest.values())
             assert index.identity_in_use(identity) == expected, (identity, list(latest.values()))
