@@ -44,6 +44,7 @@ from benchmarks.scenarios import (
     churn,
     hot_path,
     memory,
+    sdk_pattern,
     server_scale,
     split_mode,
     startup_burst,
@@ -51,7 +52,7 @@ from benchmarks.scenarios import (
 )
 
 SCENARIOS: list[ModuleType] = [hot_path, sts_economy, startup_burst, app_impact, memory, churn, split_mode,
-                               server_scale]
+                               server_scale, sdk_pattern]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
