@@ -75,8 +75,8 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
             limited_token = await imds_token(pod, RATELIMITED_METADATA_PORT)
             answer = await pod.net.http("GET", path, {"X-aws-ec2-metadata-token": limited_token},
                                         port=RATELIMITED_METADATA_PORT)
-            if (answer.status, answer.body) != (200, body):
-                raise RuntimeError(f"the rate-limited agent answered {answer.status}: {answer.body[:300]!r}")
+            if answer.status != 200:  # its own AssumeRole: other credentials, the same length of reply
+                raise RuntimeError(f"the rate-limited agent answered {answer.status}")
             targets["agent_ratelimited_dnat"] = (
                 limited.pid, f"http://169.254.169.254:{RATELIMITED_METADATA_PORT}{path}", limited_token)
         if await agent_has_flag("--http-server"):
