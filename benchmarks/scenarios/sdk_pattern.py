@@ -174,8 +174,9 @@ def _report(runs: dict[str, list[dict[str, float]]], ctx: Context, result: Scena
         f":{AGENT_PORT}), the same kernel path.",
         "The agent runs with `--pod-rate-limit 0`: the default 100 requests/s per pod would refuse most of "
         "wrk's requests (scenario 1 measures the bucket's cost).",
-        "The server sends the first FIN (the agent as nginx: its FIN in the reply's last segment), so the "
-        "server, not the pod, holds the TIME_WAIT; pod_time_wait counts the pod's with `ss -Htan state "
+        "The server sends the first FIN right after its reply (the agent in the reply's last segment), so the "
+        "server, not the pod, holds nearly every TIME_WAIT (a pod that closes first keeps one per request, "
+        "until its ephemeral ports run out); pod_time_wait counts the pod's with `ss -Htan state "
         "time-wait '( dport = :PORT )'` in its network namespace right after each run (the last 60 s; wrk "
         "closing its open connections when a run ends leaves up to -c of them each time).",
         "CPU per request is user+system time of the server's process tree from /proc/PID/stat before and "
