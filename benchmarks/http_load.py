@@ -12,20 +12,15 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ScenarioResult, run, spawned
 
-WRK_LUA = """\
--- The request an SDK makes for credentials (IMDSv2), and a JSON summary for the runner.
-wrk.method = "GET"
-wrk.headers["X-aws-ec2-metadata-token"] = os.getenv("BENCH_TOKEN")
-wrk.headers["User-Agent"] = "Boto3/1.x md/podiam-bench"
-wrk.headers["Accept-Encoding"] = "identity"
-
+WRK_DONE_LUA = """\
+-- A JSON summary for the runner.
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -36,6 +31,56 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.mean, latency.max))
 end
 """
+
+TOKEN_PATH = "/latest/api/token"  # noqa: S105 - a URL path, not a secret
+TOKEN_TTL_HEADER = ("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+
+
+@dataclass(frozen=True)
+class WrkScript:
+    """A wrk Lua script: what each request is; every script ends with the JSON summary."""
+
+    name: str
+    lua: str
+
+
+SDK_GET = WrkScript("sdk-request.lua", """\
+-- The request an SDK makes for credentials (IMDSv2).
+wrk.method = "GET"
+wrk.headers["X-aws-ec2-metadata-token"] = os.getenv("BENCH_TOKEN")
+wrk.headers["User-Agent"] = "Boto3/1.x md/podiam-bench"
+wrk.headers["Accept-Encoding"] = "identity"
+""" + WRK_DONE_LUA)
+
+SDK_SEQUENCE = WrkScript("sdk-sequence.lua", f"""\
+-- The three requests of an SDK's credential refresh, in turn (per wrk thread): the IMDSv2
+-- token PUT, the role list GET, the credentials GET. The URL's path is the credentials'
+-- (.../security-credentials/ROLE); -H headers (Connection: close) go on all three.
+local creds = wrk.path
+local list = creds:match("^(.*/)[^/]+$")
+local requests, i = {{}}, 0
+
+local function with(extra)
+  local h = {{}}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["User-Agent"] = "Boto3/1.x md/podiam-bench"
+  h["Accept-Encoding"] = "identity"
+  for k, v in pairs(extra) do h[k] = v end
+  return h
+end
+
+function init(args)
+  local token = {{["X-aws-ec2-metadata-token"] = os.getenv("BENCH_TOKEN")}}
+  requests[1] = wrk.format("PUT", "{TOKEN_PATH}", with({{["{TOKEN_TTL_HEADER[0]}"] = "{TOKEN_TTL_HEADER[1]}"}}), "")
+  requests[2] = wrk.format("GET", list, with(token))
+  requests[3] = wrk.format("GET", creds, with(token))
+end
+
+function request()
+  i = i % 3 + 1
+  return requests[i]
+end
+""" + WRK_DONE_LUA)
 
 NGINX_CONF = """\
 daemon off;
@@ -62,7 +107,7 @@ http {{
     server {{
         listen {host}:{port};
         root {prefix}/www;
-    }}
+{answers}    }}
 }}
 """
 
@@ -90,10 +135,19 @@ class Nginx:
     conf: str
 
 
+def _nginx_string(body: bytes) -> str:
+    """``body`` as an nginx quoted string; only what nginx can say byte for byte."""
+    text = body.decode("ascii")
+    if "$" in text or any(not (c.isprintable() or c in "\n\t") for c in text):
+        raise ValueError(f"nginx cannot return these bytes literally: {body[:80]!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+
 @contextlib.asynccontextmanager
 async def nginx_serving(body: bytes, url_path: str, *, host: str, port: int, workdir: Path,
-                        result: ScenarioResult) -> AsyncIterator[Nginx]:
-    """nginx with one worker serving ``body`` as the static file at ``url_path``."""
+                        result: ScenarioResult, answers: Mapping[str, bytes] | None = None) -> AsyncIterator[Nginx]:
+    """nginx with one worker serving ``body`` as the static file at ``url_path``, and each of
+    ``answers`` (exact path -> body) with ``return 200``, whatever the method (the token PUT)."""
     prefix = workdir / "nginx"
     for sub in ("www", "body", "proxy", "fastcgi"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
@@ -102,7 +156,9 @@ async def nginx_serving(body: bytes, url_path: str, *, host: str, port: int, wor
     target.write_bytes(body)
     for path in [workdir, *prefix.rglob("*"), prefix]:  # the worker runs as an unprivileged user
         path.chmod(0o755 if path.is_dir() else 0o644)
-    conf = NGINX_CONF.format(prefix=prefix, host=host, port=port)
+    locations = "".join(f"        location = {path} {{ return 200 {_nginx_string(text)}; }}\n"
+                        for path, text in (answers or {}).items())
+    conf = NGINX_CONF.format(prefix=prefix, host=host, port=port, answers=locations)
     conf_path = prefix / "nginx.conf"
     conf_path.write_text(conf)
     argv = ["nginx", "-p", str(prefix), "-c", str(conf_path), "-e", str(prefix / "error.log")]
@@ -145,15 +201,19 @@ async def dnat_rule(bridge: str, metadata_port: int, *, host: str, port: int,
 
 
 async def wrk(netns: str, url: str, token: str, *, threads: int, connections: int, seconds: float,
-              workdir: Path, result: ScenarioResult, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+              workdir: Path, result: ScenarioResult, headers: tuple[str, ...] = (),
+              script: WrkScript = SDK_GET) -> dict[str, Any]:
     """wrk inside the pod's network namespace; its JSON summary (latencies in microseconds).
 
-    ``headers`` are added with -H (``Connection: close`` makes wrk open a connection per request).
+    ``headers`` are added with -H (``Connection: close`` makes wrk open a connection per request);
+    ``script`` says what each request is (the credential GET, or the SDK's three in turn).
     """
-    script = workdir / "sdk-request.lua"
-    script.write_text(WRK_LUA)
+    script_path = workdir / script.name
+    script_path.write_text(script.lua)
+    if script != SDK_GET:  # the default one is described in each scenario's simplifications
+        result.command(f"# {script.name}:\n{script.lua.rstrip()}")
     argv = ["ip", "netns", "exec", netns, "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--latency", *(arg for h in headers for arg in ("-H", h)), "-s", str(script), url]
+            "--latency", *(arg for h in headers for arg in ("-H", h)), "-s", str(script_path), url]
     result.command(["ip", "netns", "exec", "<pod-netns>", *argv[4:]])
     env = {"PATH": os.environ.get("PATH", os.defpath), "BENCH_TOKEN": token}
     done = (await run(argv, timeout=seconds + 60, env=env)).check()
@@ -162,3 +222,19 @@ async def wrk(netns: str, url: str, token: str, *, threads: int, connections: in
             summary: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
             return summary
     raise RuntimeError(f"wrk printed no summary: {done.stdout[-1500:]}")
+
+
+async def pod_time_wait(netns: str, port: int) -> int:
+    """The pod's TCP sockets in TIME_WAIT towards 169.254.169.254:``port`` (the pod's view, before DNAT)."""
+    done = (await run(["ip", "netns", "exec", netns, "ss", "-Htan", "state", "time-wait",
+                       f"( dport = :{port} )"], timeout=30)).check()
+    return len([line for line in done.stdout.splitlines() if line.strip()])
+
+
+async def pod_tcp_active_opens(netns: str) -> int:
+    """The TCP connections the pod's network namespace has opened so far (Tcp ActiveOpens of its
+    /proc/net/snmp: every connect(), answered or not): counts wrk's connections independently of
+    the server."""
+    done = (await run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], timeout=30)).check()
+    names, values = (line.split() for line in done.stdout.splitlines() if line.startswith("Tcp:"))
+    return int(values[names.index("ActiveOpens")])

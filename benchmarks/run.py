@@ -6,9 +6,10 @@ The benchmark suite's one entry point.
 
 Needs root (network namespaces, iptables), wrk and nginx (``PODIAM_BENCH=1 scripts/setup``).
 Each scenario builds fresh sandboxed nodes (``World``) that are torn down after it, even on
-failure. Results go to ``benchmarks/results/<timestamp>.json`` and ``.md`` and to
-``latest.json`` / ``latest.md``. Figures are reported, never asserted: the exit status is
-non-zero only when a scenario could not run.
+failure. Results go to ``benchmarks/results/<timestamp>.json``, ``.md`` and ``.png`` (the
+chart, when matplotlib is installed) and to ``latest.*``. Figures are reported, never
+asserted: the exit status is non-zero only when a scenario could not run (or the chart of
+its results could not be drawn: a bug in the suite).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks import report
+from benchmarks import chart, report
 from benchmarks.common import REPO, ScenarioResult, agent_env, run
 from benchmarks.http_load import tools_missing, versions
 from benchmarks.profiles import PROFILES, Context, Profile
@@ -44,6 +45,7 @@ from benchmarks.scenarios import (
     churn,
     hot_path,
     memory,
+    sdk_pattern,
     server_scale,
     split_mode,
     startup_burst,
@@ -51,7 +53,7 @@ from benchmarks.scenarios import (
 )
 
 SCENARIOS: list[ModuleType] = [hot_path, sts_economy, startup_burst, app_impact, memory, churn, split_mode,
-                               server_scale]
+                               server_scale, sdk_pattern]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
@@ -186,7 +188,25 @@ async def main(argv: list[str]) -> int:
         (args.results_dir / f"{name}.json").write_text(text)
         (args.results_dir / f"{name}.md").write_text(markdown)
     print(f"results: {args.results_dir / stamp}.json and .md (also latest.*), {meta['seconds']} s", flush=True)
-    return 1 if any(r.error for r in results) else 0
+    drawn = _draw_chart(args.results_dir, stamp)
+    return 1 if any(r.error for r in results) or not drawn else 0
+
+
+def _draw_chart(results_dir: Path, stamp: str) -> bool:
+    """``<stamp>.png`` and ``latest.png`` beside the results; False only when the chart is wrong (a bug)."""
+    png = results_dir / f"{stamp}.png"
+    (results_dir / "latest.png").unlink(missing_ok=True)  # never an older run's chart beside these results
+    try:
+        chart.chart(results_dir / f"{stamp}.json", png)
+    except (chart.MatplotlibMissing, chart.NothingToChart) as e:
+        print(f"chart: none drawn: {e}", flush=True)
+        return True
+    except chart.ChartError as e:
+        print(f"chart: FAILED: {e}", file=sys.stderr, flush=True)
+        return False
+    shutil.copyfile(png, results_dir / "latest.png")
+    print(f"chart: {png} (also latest.png)", flush=True)
+    return True
 
 
 if __name__ == "__main__":

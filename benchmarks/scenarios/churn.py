@@ -15,8 +15,7 @@ import contextlib
 import os
 
 from benchmarks.common import ScenarioResult, Target, agent_has_flag, pairwise
-from benchmarks.common import run as run_command
-from benchmarks.http_load import dnat_rule, nginx_serving, wrk
+from benchmarks.http_load import dnat_rule, nginx_serving, pod_time_wait, wrk
 from benchmarks.node import BASELINE_ENV, bench_world, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
 from podiam_sandbox.world import World, free_port
@@ -34,13 +33,6 @@ STEADY = 0.7
 async def run(ctx: Context, result: ScenarioResult) -> None:
     async with bench_world() as world:
         await _run(world, ctx, result)
-
-
-async def _time_wait(netns: str, port: int) -> int:
-    """The pod's TCP sockets in TIME_WAIT towards 169.254.169.254:``port`` (the pod's view, before DNAT)."""
-    done = (await run_command(["ip", "netns", "exec", netns, "ss", "-Htan", "state", "time-wait",
-                               f"( dport = :{port} )"], timeout=30)).check()
-    return len([line for line in done.stdout.splitlines() if line.strip()])
 
 
 async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
@@ -75,7 +67,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
                 summary = await wrk(pod.net.netns, f"http://169.254.169.254:{port}{path}", tok,
                                     threads=p.wrk_threads, connections=p.wrk_connections, seconds=p.churn_seconds,
                                     workdir=ctx.workdir, result=result, headers=("Connection: close",))
-                summary["time_wait"] = await _time_wait(pod.net.netns, port)
+                summary["time_wait"] = await pod_time_wait(pod.net.netns, port)
                 rounds[name].append(summary)
     _report(rounds, ctx, result, baseline)
 

@@ -27,7 +27,8 @@ their own node."""
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {"hot_path", "sts_economy", "startup_burst", "app_impact", "memory", "churn", "split_mode",
-             "server_scale"}
+             "server_scale", "sdk_pattern"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _smoke(results: Path, *only: str) -> dict[str, Any]:
@@ -66,7 +67,28 @@ def test_smoke_mode_reports_every_scenario_with_median_min_max(tmp_path: Path) -
     markdown = (tmp_path / "latest.md").read_text()
     for scenario in doc["scenarios"].values():
         assert scenario["title"] in markdown
-    assert sorted(p.suffix for p in tmp_path.iterdir() if p.stem != "latest") == [".json", ".md"]
+    assert sorted(p.suffix for p in tmp_path.iterdir() if p.stem != "latest") == [".json", ".md", ".png"]
+    assert (tmp_path / "latest.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_smoke_mode_measures_the_sdk_pattern_and_the_rate_limited_agent(tmp_path: Path) -> None:
+    """Scenario 9's figures exist for both servers and patterns, every request on its own connection
+    and none refused; scenario 1 measures an agent with its rate limit on, none refused either."""
+    scenarios = _smoke(tmp_path, "hot_path", "sdk_pattern")["scenarios"]
+    sdk, hot = scenarios["sdk_pattern"], scenarios["hot_path"]
+    assert sdk["error"] is None and hot["error"] is None
+    names = [f"{server}_{pattern}" for pattern in ("close", "sequence") for server in ("agent", "nginx")]
+    for name in names:
+        for figure in ("requests_per_s", "p50_ms", "p99_ms", "cpu_us_per_request", "pod_time_wait"):
+            assert f"{name}.{figure}" in sdk["figures"], (name, figure)
+        assert sdk["figures"][f"{name}.errors"]["max"] == 0, name
+        assert 0.95 <= sdk["figures"][f"{name}.connections_per_request"]["median"] <= 1.05, name
+    for pattern in ("close", "sequence"):
+        for q in ("requests_per_s", "p99_ms", "cpu_us_per_request"):
+            assert f"agent_{pattern}/nginx_{pattern}.{q}" in sdk["ratios"]
+    assert hot["figures"]["agent_ratelimited_dnat.errors"]["max"] == 0
+    for ratio in ("agent_ratelimited_dnat/agent_dnat", "agent_ratelimited_dnat/nginx_dnat"):
+        assert {f"{ratio}.requests_per_s", f"{ratio}.cpu_us_per_request"} <= set(hot["ratios"])
 
 
 def test_server_scale_feeds_every_pod_to_its_own_node_only(tmp_path: Path) -> None:
