@@ -35,6 +35,9 @@ class Profile:
 
     # 4. application impact
     app_seconds: float
+    """Length of each application run (one static and one per configuration, per SDK and round)."""
+    app_sdks: tuple[str, ...]
+    """The SDKs whose application is run (keys of scenarios/app_impact.APPS)."""
 
     # 5. memory and start
     pod_counts: tuple[int, ...]
@@ -64,7 +67,7 @@ FULL = Profile(
     wrk_seconds=10, wrk_warmup=2, wrk_threads=2, wrk_connections=32,
     roles=4, pods_per_role=5, time_scale=20, sim_minutes=60, round_every_sim_minutes=5, burst=1000,
     startup_pods=100,
-    app_seconds=8,
+    app_seconds=5, app_sdks=("boto3", "js", "go-v1", "go-v2", "ruby"),
     pod_counts=(0, 110, 500), soak_seconds=300, soak_rate=50, soak_pods=10, soak_sample_seconds=5,
     churn_rounds=10, churn_seconds=10,
     scale_sizes=((5000, 100), (10000, 200)), scale_runs=1, scale_ip_rate=100, scale_idle_seconds=10,
@@ -75,7 +78,7 @@ SMOKE = Profile(
     wrk_seconds=1, wrk_warmup=0, wrk_threads=2, wrk_connections=32,
     roles=2, pods_per_role=1, time_scale=20, sim_minutes=2, round_every_sim_minutes=1, burst=100,
     startup_pods=5,
-    app_seconds=1,
+    app_seconds=1, app_sdks=("boto3", "go-v2"),
     pod_counts=(0, 10), soak_seconds=3, soak_rate=10, soak_pods=2, soak_sample_seconds=1,
     churn_rounds=2, churn_seconds=1,
     scale_sizes=((40, 4),), scale_runs=1, scale_ip_rate=40, scale_idle_seconds=1,

@@ -1,9 +1,10 @@
 """
 The benchmark suite still runs: its smoke mode (every scenario, tiny sizes) writes a results
 file with every scenario and, for every figure, a median, min and max. Structure only: the
-benchmarks report speed, they never assert it. The one exception is scenario 8's counts
-(every pod at its own node's agent, one stream per node, one AssumeRole per identity): they
-are not speeds, and without them its delays would not measure what they say.
+benchmarks report speed, they never assert it. The exceptions are counts, not speeds, without
+which a scenario would not measure what it says: scenario 8's (every pod at its own node's
+agent, one stream per node, one AssumeRole per identity) and scenario 4's (each application
+run through agent or split mode fetches its credentials once, for its first call).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {"hot_path", "sts_economy", "startup_burst", "app_impact", "memory", "churn", "split_mode",
              "server_scale", "sdk_pattern"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+APP_SDKS = {"boto3", "go-v2"}
+"""Scenario 4's SDKs in the smoke mode (benchmarks/profiles.py, SMOKE.app_sdks)."""
+APP_CONFIGS = ("podiam", "split", "kiam_like")
 
 
 def _smoke(results: Path, *only: str) -> dict[str, Any]:
@@ -107,3 +113,24 @@ def test_server_scale_feeds_every_pod_to_its_own_node_only(tmp_path: Path) -> No
         "ips_missing": 0, "ips_misrouted": 0, "servable_pods": pods, "stream_failures": 0, "watch_node_rpcs": nodes,
         "server_streams": nodes, "tcp_connections": nodes, "assume_role_calls_moto": pods,
         "assume_role_calls_server": pods}
+
+
+def test_app_impact_counts_one_credential_fetch_per_run_in_agent_and_split_mode(tmp_path: Path) -> None:
+    """Scenario 4 reports each SDK in each configuration, paired with static credentials, and its
+    fetch counter counts: in agent and split mode an application fetches once, for its first call."""
+    scenario = _smoke(tmp_path, "app_impact")["scenarios"]["app_impact"]
+    assert scenario["error"] is None
+    figures, ratios = scenario["figures"], scenario["ratios"]
+    assert {name.split(".")[0] for name in figures} == APP_SDKS
+    for sdk in APP_SDKS:
+        assert f"{sdk}.static.calls_per_s" in figures
+        for config in APP_CONFIGS:
+            for figure in ("calls_per_s", "p50_ms", "overhead_ms_per_call", "credential_fetches",
+                           "credential_fetches_per_hour", "credential_fetches_per_call"):
+                assert f"{sdk}.{config}.{figure}" in figures, (sdk, config, figure)
+            assert f"{sdk}.{config}/static.calls_per_s" in ratios, (sdk, config)
+            assert figures[f"{sdk}.{config}.credential_fetches"]["min"] >= 1, (sdk, config)
+        for config in ("podiam", "split"):
+            assert set(figures[f"{sdk}.{config}.credential_fetches"]["runs"]) == {1}, (sdk, config)
+            assert set(figures[f"{sdk}.{config}.credential_fetches_per_hour"]["runs"]) == {0}, (sdk, config)
+    assert [target["met"] for target in scenario["targets"]] == [True] * len(APP_SDKS)
