@@ -88,8 +88,12 @@ def _workload(requests: int, variant: str = "source") -> None:
                   node="n1")
 
     class Source:
+        credential_changes = 0
+
         def fresh(self, identity: Identity) -> Credentials | None:
             return creds
+
+        def replayed(self) -> None: ...
 
         async def get(self, identity: Identity) -> Credentials:
             return creds

@@ -41,7 +41,7 @@ from typing import Any, NoReturn, cast
 import httptools
 import structlog
 
-from podiam.imds.core import WANTED_HEADERS, MetadataCore, Reply, Request
+from podiam.imds.core import WANTED_HEADERS, MetadataCore, Replay, Reply, Request
 from podiam.observability.metrics import Metrics
 from podiam.settings import ImdsSettings
 
@@ -101,6 +101,16 @@ class MetadataProtocol(asyncio.Protocol):
         self._unparsed = b""
         """What was received but not parsed yet because reading paused mid-chunk."""
         self._resume_scheduled = False
+        self._replay: Replay | None = None
+        """The last request's ticket (imds/core.py's Replay), valid for ``_replay_request`` only."""
+        self._replay_request = b""
+        """The chunk that was exactly that one request, byte for byte."""
+        self._in_message = False
+        """The parser is inside a message: a chunk that starts or ends so is no replay's."""
+        self._ticket: Replay | None = None
+        """Set by on_message_complete for a request answered at once: the candidate replay."""
+        self._completed = 0
+        """Messages completed in the chunk being parsed."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -124,8 +134,23 @@ class MetadataProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        replay = self._replay
+        if replay is not None and data == self._replay_request and not self._queue and not self._reading_paused:
+            reply = self._core.replay(replay)
+            if reply is not None and self._transport is not None and not self._server.closing:
+                self._transport.write(reply.wire)  # the hot path of the hot path: no parse, no decision
+                self._last_reply = self._loop.time()
+                return
+        self._replay = None
         if len(data) <= FEED_SLICE and not self._reading_paused:
-            self._feed(data)  # the common case: one request, one feed, no slicing
+            # The common case: one request, one feed, no slicing; and the chunk that was exactly
+            # one request answered at once is remembered with its ticket.
+            whole = not self._in_message
+            self._completed, self._ticket = 0, None
+            self._feed(data)
+            if self._ticket is not None and whole and self._completed == 1 and not self._in_message:
+                self._replay, self._replay_request = self._ticket, data
+            self._ticket = None
             return
         self._feed_slices(self._unparsed + data if self._unparsed else data)
 
@@ -200,6 +225,7 @@ class MetadataProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._url.clear()
         self._headers = {}
         self._header_bytes = 0
@@ -226,13 +252,16 @@ class MetadataProtocol(asyncio.Protocol):
             self._reject(_TOO_LARGE)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
+        self._completed += 1
         method = self._parser.get_method().decode("latin-1")
         # The raw target, undecoded: the core decides what is canonical (imds/target.py), and
         # latin-1 maps every byte to one character, so nothing is lost or reinterpreted here.
         target = self._url.decode("latin-1")
         keep_alive = self._parser.should_keep_alive() and not self._server.closing
+        request = Request(method, target, self._headers, self._ip)
         try:
-            answer = self._core.answer(Request(method, target, self._headers, self._ip))
+            answer = self._core.answer(request)
         except Exception as e:
             # A bug in the core costs this request a 500, not the connection: raised into the
             # parser's callback it would read as the pod's malformed request.
@@ -242,6 +271,8 @@ class MetadataProtocol(asyncio.Protocol):
         if isinstance(answer, Reply):
             if not self._queue:
                 self._write(answer, head_only, keep_alive)  # the hot path: no task, one write
+                if keep_alive and not head_only and answer is not _INTERNAL:
+                    self._ticket = self._replay_ticket(request, answer)
                 return
             self._queue.append((answer, head_only, keep_alive))
         else:
@@ -252,6 +283,14 @@ class MetadataProtocol(asyncio.Protocol):
         self._flush()
         if len(self._queue) > self._server.pipeline_depth:
             self._pause_reading()  # replies wait behind a slow one: stop taking more
+
+    def _replay_ticket(self, request: Request, answer: Reply) -> Replay | None:
+        try:
+            return self._core.replay_ticket(request, answer)
+        except Exception as e:
+            # As a bug in answer(): it costs the replay, never the request (already answered).
+            log.error("metadata replay not kept", error=repr(e))  # noqa: TRY400
+            return None
 
     def _reject(self, reply: Reply) -> NoReturn:
         self._rejection = reply
