@@ -11,7 +11,9 @@ replies on one connection still go out in request order (pipelining).
 
 Hostile input: the URL, header count and size, and body are bounded; a malformed request
 gets 400 and the connection is closed; a connection idle or stuck mid-request longer than
-the keep-alive timeout is closed.
+the keep-alive timeout is closed. One sweep of the open connections, a few times per
+timeout, finds them: a timer per connection cost more than the rest of a one-request
+connection's Python (the SDKs' pattern: a connection per metadata call).
 
 Flow control (as uvicorn's protocols): a client that pipelines requests and never reads its
 replies would otherwise grow the agent's memory without bound. So a connection stops being
@@ -74,6 +76,12 @@ class _Malformed(Exception):
 class MetadataProtocol(asyncio.Protocol):
     """One client connection."""
 
+    # One is made per connection, and SDKs open one per metadata call: no __dict__ to build.
+    __slots__ = ("_body", "_closing", "_completed", "_core", "_counted", "_header_bytes", "_header_count",
+                 "_headers", "_in_message", "_ip", "_last_reply", "_loop", "_parser", "_queue", "_reading_paused",
+                 "_rejection", "_replay", "_replay_request", "_resume_scheduled", "_server", "_ticket",
+                 "_transport", "_unparsed", "_url", "_write_paused")
+
     def __init__(self, core: MetadataCore, server: FastServer) -> None:
         self._core = core
         self._server = server
@@ -88,7 +96,6 @@ class MetadataProtocol(asyncio.Protocol):
         self._body = 0
         self._queue: collections.deque[tuple[Reply | asyncio.Task[Reply], bool, bool]] = collections.deque()
         """Replies (or tasks making them) in request order, with (head only, keep alive)."""
-        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._rejection: Reply | None = None
         self._last_reply = self._loop.time()
@@ -129,7 +136,6 @@ class MetadataProtocol(asyncio.Protocol):
         server.per_ip[self._ip] = server.per_ip.get(self._ip, 0) + 1
         server.connections.add(self)
         self._transport.set_write_buffer_limits(server.write_buffer_high, server.write_buffer_high // 4)
-        self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -181,8 +187,6 @@ class MetadataProtocol(asyncio.Protocol):
                 self._server.per_ip[self._ip] = left
             else:
                 del self._server.per_ip[self._ip]  # the dict holds only IPs with connections
-        if self._timer is not None:
-            self._timer.cancel()
         self._transport = None
         self._unparsed = b""
         # In-flight work is left to finish: the credential fetch it may be waiting on is the
@@ -325,7 +329,7 @@ class MetadataProtocol(asyncio.Protocol):
                 self._write_last(transport, data)
                 return
             transport.write(data)
-        self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
+        self._last_reply = self._loop.time()  # the idle sweep reads it
 
     def _write_last(self, transport: asyncio.Transport, data: bytes) -> None:
         """The connection's last reply, with the FIN in the same segment (module docstring).
@@ -341,7 +345,9 @@ class MetadataProtocol(asyncio.Protocol):
             transport.write(data)  # replies before it are still queued: the FIN follows them
             transport.close()
             return
-        raw = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+        # The family from the peer's address: the socket's own properties convert to enums per call.
+        family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_STREAM, 0, sock.fileno())
         try:
             with contextlib.suppress(OSError):
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
@@ -362,23 +368,15 @@ class MetadataProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _arm_timer(self, delay: float | None = None) -> None:
-        self._timer = self._loop.call_later(
-            self._server.keepalive_timeout if delay is None else delay, self._idle)
-
-    def _idle(self) -> None:
-        """Close a connection that has been quiet, or stuck mid-request, for the whole timeout."""
-        if self._queue:  # never cut a request that is being answered
-            self._arm_timer()
+    def close_if_idle(self, now: float) -> None:
+        """Close the connection if it has been quiet, or stuck mid-request, for the whole timeout
+        (the server's sweep asks)."""
+        if self._queue or now - self._last_reply < self._server.keepalive_timeout:
+            return  # never cut a request that is being answered
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self._transport.abort()  # replies unread for the whole timeout: close() would wait forever
             return
-        quiet_for = self._loop.time() - self._last_reply
-        if quiet_for >= self._server.keepalive_timeout:
-            if self._transport is not None and self._transport.get_write_buffer_size():
-                self._transport.abort()  # replies unread for the whole timeout: close() would wait forever
-                return
-            self._close()
-        else:
-            self._arm_timer(self._server.keepalive_timeout - quiet_for)
+        self._close()
 
     @property
     def idle(self) -> bool:
@@ -424,6 +422,7 @@ class FastServer:
         self._server: asyncio.Server | None = None
         self.connections: set[MetadataProtocol] = set()
         self._tasks: set[asyncio.Task[Reply]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.closing = False
 
     def track(self, task: asyncio.Task[Reply]) -> None:
@@ -434,7 +433,17 @@ class FastServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: MetadataProtocol(self._core, self), self._host,
                                                 self._port, reuse_address=True, backlog=self._backlog)
+        self._sweeper = loop.create_task(self._sweep(), name="imds-idle-sweep")
         return self
+
+    async def _sweep(self) -> None:
+        """Close idle connections: each within the keep-alive timeout plus a quarter of it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.keepalive_timeout / 4)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.close_if_idle(now)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -448,6 +457,10 @@ class FastServer:
         server, self._server = self._server, None
         self.closing = True  # replies from now on carry Connection: close
         server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for conn in list(self.connections):
             if conn.idle:
                 conn._close()
