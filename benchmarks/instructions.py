@@ -2,15 +2,17 @@
 Instructions per cached credential request through the fast server's protocol and the core,
 counted by callgrind: deterministic where wall-clock figures on a shared 2-core machine are not.
 
-    python -m benchmarks.instructions [--baseline OTHER/src] [--requests 20000]
+    python -m benchmarks.instructions [--baseline OTHER/src] [--requests 20000] [--patterns ...]
     python -m benchmarks.instructions --split [--requests 20000]
 
 Each side runs twice under ``valgrind --tool=callgrind`` (no requests, then N), so start-up
 cancels out; the figure is (count(N) - count(0)) / N. With ``--baseline`` (a source tree of
 another commit, e.g. from ``git archive``), the same is counted for it and the ratio printed.
-The workload: one connection of the real MetadataProtocol and MetadataCore, a transport that
-discards what it is given, and the SDK's credential GET with an IMDSv2 token header fed one per
-``data_received``. Needs valgrind (Debian package).
+The workload: the real MetadataProtocol and MetadataCore on uvloop (the agent's loop), agent
+mode's PodIndex and CredentialCache, a transport that discards what it is given, and the SDK's
+credential GET with an IMDSv2 token header fed one per ``data_received``, in each of PATTERNS:
+on one keep-alive connection, the same with the rate limit on, and a connection per request.
+The kernel's part (the socket calls) is not counted. Needs valgrind (Debian package).
 
 ``--split`` counts the same request with each mode's real lookups instead of the stand-in
 credential source: agent mode's PodIndex and CredentialCache (filled through a stand-in
@@ -21,7 +23,6 @@ prints the ratio split/agent.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import logging
 import os
@@ -29,6 +30,8 @@ import re
 import subprocess
 import sys
 from typing import Any
+
+import uvloop
 
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -66,12 +69,31 @@ def _mirror(pod: Any, identity: Any, creds: Any) -> Any:
     return mirror
 
 
-def _workload(requests: int, variant: str = "source") -> None:
+def _drive(core: Any, request: bytes, requests: int, *, close: bool) -> Transport:
+    """Feed ``request`` ``requests`` times to the real protocol over ``core``; the transport."""
+    from podiam.imds.fast_server import FastServer, MetadataProtocol  # noqa: PLC0415 - only in the counted process
+
+    server = FastServer(core, "127.0.0.1", 0, 1.0)
+    transport = Transport()
+    protocol = MetadataProtocol(core, server)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    for _ in range(requests):
+        if close:  # the SDKs' pattern: a connection per request (the socket calls are the kernel's)
+            protocol = MetadataProtocol(core, server)
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            protocol.data_received(request)
+            protocol.connection_lost(None)
+        else:
+            protocol.data_received(request)
+    return transport
+
+
+def _workload(requests: int, variant: str = "source", *, close: bool = False, rate: float = 0.0) -> None:
     """``variant``: "source" (a stand-in credential source), "agent" (PodIndex and CredentialCache)
-    or "split" (the Mirror, fed a snapshot)."""
+    or "split" (the Mirror, fed a snapshot). ``close``: a new connection for each request, with
+    ``Connection: close``. ``rate``: the per-pod rate limit (0: off; else high enough never to refuse)."""
     from podiam.credentials import Credentials, Identity  # noqa: PLC0415 - only in the counted process
     from podiam.imds.core import ImdsDeps, MetadataCore  # noqa: PLC0415
-    from podiam.imds.fast_server import FastServer, MetadataProtocol  # noqa: PLC0415
     from podiam.imds.rate_limit import RateLimiter  # noqa: PLC0415
     from podiam.imds.tokens import TokenIssuer  # noqa: PLC0415
     from podiam.kube.pod_index import PodIndex  # noqa: PLC0415
@@ -88,8 +110,12 @@ def _workload(requests: int, variant: str = "source") -> None:
                   node="n1")
 
     class Source:
+        credential_changes = 0
+
         def fresh(self, identity: Identity) -> Credentials | None:
             return creds
+
+        def replayed(self) -> None: ...
 
         async def get(self, identity: Identity) -> Credentials:
             return creds
@@ -102,16 +128,12 @@ def _workload(requests: int, variant: str = "source") -> None:
         tokens = TokenIssuer()
         deps = ImdsDeps(pods=pods, credentials=source, tokens=tokens, issuance=IssuanceLog("n1"),
                         metrics=metrics, settings=ImdsSettings(), upstream=None, ready=lambda: True,
-                        limiter=RateLimiter(0))
-        core = MetadataCore(deps)
-        protocol = MetadataProtocol(core, FastServer(core, "127.0.0.1", 0, 1.0))
-        transport = Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+                        limiter=RateLimiter(rate))
         request = ("GET /latest/meta-data/iam/security-credentials/reader HTTP/1.1\r\nHost: 169.254.169.254\r\n"
                    "User-Agent: Boto3/1.35 md/Botocore#1.35\r\nAccept: */*\r\n"
-                   f"X-aws-ec2-metadata-token: {tokens.issue('10.0.0.5', 600)}\r\n\r\n").encode()
-        for _ in range(requests):
-            protocol.data_received(request)
+                   + ("Connection: close\r\n" if close else "")
+                   + f"X-aws-ec2-metadata-token: {tokens.issue('10.0.0.5', 600)}\r\n\r\n").encode()
+        transport = _drive(MetadataCore(deps), request, requests, close=close)
         if requests and not transport.last.startswith(b"HTTP/1.1 200 "):
             raise RuntimeError(f"{variant}: the core answered {transport.last[:200]!r}")
 
@@ -134,14 +156,25 @@ def _workload(requests: int, variant: str = "source") -> None:
             mirror = _mirror(pod, policy.identity(pod), creds)
             await serve(mirror, mirror, metrics)
 
-    asyncio.run(run())
+    uvloop.run(run())  # the agent's loop: its timers and handles are C, asyncio's are Python
 
 
-def _count(requests: int, source: str | None, variant: str = "source") -> int:
+PATTERNS = {
+    "keep-alive": {},
+    "rate-limited": {"rate": 1e9},
+    "close": {"close": True},
+}
+"""What is counted: the SDK's credential GET repeated on one connection; the same with the
+per-pod token bucket on (a rate never reached, so every request pays the bucket); and a new
+connection per request, as SDKs do it."""
+
+
+def _count(requests: int, source: str | None, variant: str, pattern: str) -> int:
     env = {**os.environ, **({"PYTHONPATH": source} if source else {})}
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, "-m", "benchmarks.instructions", "--inner", str(requests), "--variant", variant],
+         sys.executable, "-m", "benchmarks.instructions", "--inner", str(requests), "--variant", variant,
+         "--pattern", pattern],
         env=env, capture_output=True, text=True, check=True, timeout=1800,
     )
     match = _COLLECTED.search(done.stderr)
@@ -150,8 +183,8 @@ def _count(requests: int, source: str | None, variant: str = "source") -> int:
     return int(match.group(1))
 
 
-def per_request(requests: int, source: str | None, variant: str = "source") -> float:
-    return (_count(requests, source, variant) - _count(0, source, variant)) / requests
+def per_request(requests: int, source: str | None, variant: str = "source", pattern: str = "keep-alive") -> float:
+    return (_count(requests, source, variant, pattern) - _count(0, source, variant, pattern)) / requests
 
 
 def main() -> None:
@@ -160,11 +193,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--split", action="store_true",
                         help="count agent mode's index and cache against split mode's mirror, and the ratio")
+    parser.add_argument("--patterns", default=",".join(PATTERNS),
+                        help=f"comma-separated, of: {', '.join(PATTERNS)} (default: all)")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)  # the counted process itself
     parser.add_argument("--variant", default="source", choices=["source", "agent", "split"], help=argparse.SUPPRESS)
+    parser.add_argument("--pattern", default="keep-alive", choices=list(PATTERNS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner is not None:
-        _workload(args.inner, args.variant)
+        _workload(args.inner, args.variant, **PATTERNS[args.pattern])
         return
     if args.split:
         agent = per_request(args.requests, None, "agent")
@@ -173,12 +209,15 @@ def main() -> None:
         print(f"split mode (Mirror):                    {split:,.0f} instructions per cached credential request")
         print(f"ratio split/agent: {split / agent:.3f}")
         return
-    this = per_request(args.requests, None)
-    print(f"this tree: {this:,.0f} instructions per cached credential request")
-    if args.baseline:
-        base = per_request(args.requests, args.baseline)
-        print(f"baseline:  {base:,.0f} instructions per cached credential request")
-        print(f"ratio this/baseline: {this / base:.3f}")
+    for pattern in args.patterns.split(","):
+        if pattern not in PATTERNS:
+            parser.error(f"unknown pattern {pattern!r}; the patterns are: {', '.join(PATTERNS)}")
+        this = per_request(args.requests, None, "agent", pattern)
+        line = f"{pattern:28} this tree: {this:9,.0f}"
+        if args.baseline:
+            base = per_request(args.requests, args.baseline, "agent", pattern)
+            line += f"   baseline: {base:9,.0f}   ratio this/baseline: {this / base:.3f}"
+        print(line + "  instructions per cached credential request", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The pods as the metadata endpoint's HTTP tests need them (tests/ is on sys.path)."""
+"""The pods and credentials as the metadata endpoint's tests need them (tests/ is on sys.path)."""
 
 from __future__ import annotations
 
@@ -30,5 +30,20 @@ class LoopbackPods:
     def host_identity(self) -> Identity | None:
         return self.index.host_identity
 
+    @property
+    def pod_changes(self) -> int:
+        return self.index.pod_changes
+
     def is_host_ip(self, ip: str) -> bool:
         return not ip.startswith("127.") and self.index.is_host_ip(ip)
+
+
+class CredentialDouble:
+    """What every in-memory CredentialSource of the tests shares: credentials that never change
+    but by what the test does through fresh() and get() (so no replay ever has to end for them)."""
+
+    credential_changes = 0
+    replays = 0
+
+    def replayed(self) -> None:
+        self.replays += 1

@@ -24,6 +24,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from podiam.kube.pod_index import PodIndex
+from podiam.observability.loop_metrics import LoopCounter, LoopHistogram
 from podiam.observability.metrics import Metrics
 from podiam.remote.client import StreamMetrics
 from podiam.remote.mirror import Mirror
@@ -132,8 +133,11 @@ def registered_series(registry: CollectorRegistry) -> dict[str, frozenset[str]]:
     series: dict[str, frozenset[str]] = {}
     # prometheus_client keeps which series names each collector produces only here.
     for collector, names in registry._collector_to_names.items():
-        assert isinstance(collector, MetricWrapperBase), collector
-        labels = frozenset(collector._labelnames)
+        if isinstance(collector, MetricWrapperBase):
+            labels = frozenset(collector._labelnames)
+        else:
+            assert isinstance(collector, LoopCounter | LoopHistogram), collector
+            labels = frozenset(collector.labelnames)
         for name in names:
             series[name] = labels | ({"le"} if name.endswith("_bucket") else set())
     return series

@@ -215,7 +215,7 @@ _CHECK_CONFIG = click.option(
 @_opt("require-imdsv2", is_flag=True, default=False,
       help="Refuse token-less metadata requests (401), as an instance with IMDSv2 required does.")
 @_opt("pod-rate-limit", type=click.FloatRange(min=0), default=100.0,
-      help="Requests per second one pod may make (burst twice that); beyond it 429. 0 disables.")
+      help="Requests per second one pod may make (burst twice that, at least 1); beyond it 429. 0 disables.")
 @_opt("max-connections-per-ip", type=click.IntRange(min=1), default=256,
       help="Open connections one source IP may hold on the metadata endpoint; beyond it 503 and close.")
 @_opt("pod-events/--no-pod-events", default=True,

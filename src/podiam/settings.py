@@ -280,6 +280,13 @@ class ImdsSettings:
     """Seconds between two log lines about one rate-limited caller. A flooding pod would
     otherwise write a line per request; podiam_imds_refusals_total still counts every 429."""
 
+    replay_window: float = 1.0
+    """Seconds a connection's repeat of its last request (the same bytes) may be answered with
+    the last reply without being parsed and decided again (imds/core.py's Replay). Any change
+    to the pod index or the credentials ends it at once, and it never outlives the request's
+    token; the window bounds only how late a replay notices credentials aging past their
+    refresh point (minutes before they expire)."""
+
     rendered_replies: int = 8192
     """Rendered credential replies kept, one per set of credentials in use, so far above need
     (past it they are dropped together: the live ones render again once). Also how many

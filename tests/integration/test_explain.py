@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from pod_doubles import CredentialDouble
 from podiam.credentials import Credentials, Identity
 from podiam.explain import explain
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
@@ -34,7 +35,7 @@ LATER = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 CREDS = Credentials("ASIAEXAMPLE", "secret", "token", LATER, LATER)
 
 
-class Fresh:
+class Fresh(CredentialDouble):
     def fresh(self, identity: Identity) -> Credentials | None:
         return CREDS
 

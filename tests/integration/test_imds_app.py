@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from pod_doubles import LoopbackPods
+from pod_doubles import CredentialDouble, LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.errors import StsCallFailed, StsUnavailable
 from podiam.imds.app import make_app
@@ -41,7 +41,7 @@ CREDS = "/latest/meta-data/iam/security-credentials/"
 IP = "127.0.0.1"
 
 
-class FakeCredentials:
+class FakeCredentials(CredentialDouble):
     """podiam's CredentialSource interface, in memory: counts calls, fails on demand."""
 
     def __init__(self) -> None:

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pod_doubles import LoopbackPods
+from pod_doubles import CredentialDouble, LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.imds.app import make_app
 from podiam.imds.core import ImdsDeps, MetadataCore
@@ -52,7 +52,7 @@ ALLOWED = re.compile(DEFAULT_ALLOW_ROUTE_REGEXP)
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-class Source:
+class Source(CredentialDouble):
     def fresh(self, identity: Identity) -> Credentials | None:
         return Credentials("ASIAPOD", "pod-secret", "pod-token", NOW + dt.timedelta(hours=1), NOW)
 

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from pod_doubles import CredentialDouble
 from podiam import errors
 from podiam.credentials import Credentials, Identity
 from podiam.decision import REFUSALS, Refusal, caller, decide, error_for, refusal
@@ -149,7 +150,7 @@ class Events:
         pass
 
 
-class Fresh:
+class Fresh(CredentialDouble):
     def fresh(self, identity: Identity) -> Credentials | None:
         return CREDS
 

@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pod_doubles import CredentialDouble
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import FastServer, MetadataProtocol
@@ -30,7 +31,7 @@ NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 CREDS = Credentials("ASIAFUZZ", "secret", "token", NOW + dt.timedelta(hours=1), NOW)
 
 
-class Source:
+class Source(CredentialDouble):
     def fresh(self, identity: Identity) -> Credentials | None:
         return CREDS
 

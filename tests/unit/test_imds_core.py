@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+from pod_doubles import CredentialDouble
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
 from podiam.imds.rate_limit import RateLimiter
@@ -24,7 +25,7 @@ CREDS = Credentials("ASIAEXAMPLE", "wJalrXUtnFEMI-SECRET-KEY", "FwoGZXIvYXdz-SES
                     NOW + dt.timedelta(hours=1), NOW)
 
 
-class Source:
+class Source(CredentialDouble):
     """podiam's CredentialSource interface in memory: fresh credentials for 'reader' only."""
 
     def __init__(self) -> None:

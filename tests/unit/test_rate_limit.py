@@ -56,3 +56,13 @@ def test_memory_is_bounded() -> None:
 @pytest.mark.parametrize(("seconds", "header"), [(0.01, "1"), (1.0, "1"), (1.2, "2")])
 def test_retry_after_header(seconds: float, header: str) -> None:
     assert retry_after_header(seconds) == header
+
+
+def test_a_rate_below_one_request_per_two_seconds_still_lets_requests_through() -> None:
+    # Twice 0.2 is a burst of 0.4: fewer than one request, so every request was refused.
+    clock = Clock()
+    limiter = RateLimiter(0.2, clock)
+    assert limiter.retry_after("a") == 0.0
+    assert limiter.retry_after("a") == pytest.approx(5.0)
+    clock.now += 5.0
+    assert limiter.retry_after("a") == 0.0

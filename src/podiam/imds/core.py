@@ -128,6 +128,10 @@ class PodLookup(KnownPods, Protocol):
         """What the node's own network gets now (--host-network-role); None refuses it. Read
         per request: in split mode it is the server's, and changes with its snapshots."""
 
+    @property
+    def pod_changes(self) -> int:
+        """Moves with every change that may change lookup() or is_host_ip() (ends replays)."""
+
 
 class CredentialSource(Protocol):
     """Where credentials come from: the local STS cache, or (split mode) a podiam server."""
@@ -136,6 +140,13 @@ class CredentialSource(Protocol):
         """Credentials that need no waiting, or None."""
 
     async def get(self, identity: Identity) -> Credentials: ...
+
+    @property
+    def credential_changes(self) -> int:
+        """Moves with every change to what fresh() answers but the passage of time (ends replays)."""
+
+    def replayed(self) -> None:
+        """fresh()'s last answer was served again by a replay, without asking (for its metrics)."""
 
 
 class EventSink(Protocol):
@@ -168,6 +179,8 @@ class ImdsDeps:
     ready: Callable[[], bool]
     limiter: RateLimiter
     events: EventSink = field(default_factory=NoEvents)
+    clock: Callable[[], float] = time.monotonic
+    """Seconds, for replays' lifetimes and their latency (the tokens' clock moves with it)."""
 
 
 _STARTED = dt.datetime.now(dt.UTC)
@@ -197,6 +210,38 @@ def _role_list(role_name: str) -> Reply:
 
 Answer = Reply | Coroutine[Any, Any, Reply]
 
+REPLAYED_ROUTES = frozenset({Route.CREDENTIALS, Route.ROLE_LIST, Route.IAM_INFO, Route.IAM_INDEX})
+"""Routes whose 200 answer to a pod is a function of the pod index, the credentials and time only."""
+
+
+class Replay:
+    """A pod's answered request, and what a byte-identical repeat of it on the same connection
+    is answered with: the same Reply, while nothing it was decided from has moved.
+
+    Why: an SDK or a pod in a loop sends the very same bytes again and again on a keep-alive
+    connection; parsing and deciding them again costs most of the hot path. Only a repeat whose
+    answer cannot differ is replayed: the same bytes (so the same method, target and headers),
+    on the same connection (so the same source IP), for a route the pod index and credentials
+    alone decide (REPLAYED_ROUTES, answered 200, not the node's own network), while neither has
+    changed (their change counters), within the request token's lifetime and
+    ImdsSettings.replay_window. The rate limit and the metrics count every replay as the
+    request it is. Anything else (or a replay refused) goes the whole way again.
+    """
+
+    __slots__ = ("credential_changes", "hit", "ip", "latency", "pod_changes", "reply", "until")
+
+    def __init__(self, reply: Reply, *, ip: str, until: float, pod_changes: int, credential_changes: int,
+                 latency: Any, hit: Callable[[], None] | None) -> None:
+        self.reply, self.ip, self.until = reply, ip, until
+        self.pod_changes, self.credential_changes = pod_changes, credential_changes
+        self.latency = latency
+        """The request histogram's child for this route and status."""
+        self.hit = hit
+        """Counts a credential cache hit (credentials route only)."""
+
+    def __repr__(self) -> str:  # the Reply may hold credentials: never shown
+        return f"Replay(ip={self.ip!r}, status={self.reply.status})"
+
 
 class MetadataCore:
     def __init__(self, deps: ImdsDeps) -> None:
@@ -223,6 +268,49 @@ class MetadataCore:
         if isinstance(result, Reply):
             self._observe(match.route, result.status, started)
         return result
+
+    # -- replays (see Replay) ---------------------------------------------------------------
+
+    def replay_ticket(self, req: Request, reply: Reply) -> Replay | None:
+        """What a repeat of ``req`` may be answered with; None if it must be answered again.
+
+        Called at once after answer(req) returned ``reply``, in the same turn of the loop: the
+        state read here is the state the answer was decided from.
+        """
+        if reply.status != 200 or self._d.pods.is_host_ip(req.ip):
+            return None
+        try:
+            route = classify(canonical_path(req.target)).route
+        except RequestRefused:
+            return None
+        if route not in REPLAYED_ROUTES:
+            return None
+        now = self._d.clock()
+        lifetime = self._d.settings.replay_window
+        token = req.headers.get(TOKEN_HEADER)
+        if token is not None:
+            lifetime = min(lifetime, self._d.tokens.seconds_left(token, req.ip))
+        if lifetime <= 0:
+            return None
+        latency = self._latency.get((route, 200))
+        if latency is None:
+            return None
+        hit = self._d.credentials.replayed if route is Route.CREDENTIALS else None
+        return Replay(reply, ip=req.ip, until=now + lifetime, pod_changes=self._d.pods.pod_changes,
+                      credential_changes=self._d.credentials.credential_changes, latency=latency, hit=hit)
+
+    def replay(self, ticket: Replay) -> Reply | None:
+        """The ticket's Reply for a repeat of its request, counted as a request; None when the
+        request must be answered again (answer() then decides, and counts, it)."""
+        started = self._d.clock()
+        if (started >= ticket.until or ticket.pod_changes != self._d.pods.pod_changes
+                or ticket.credential_changes != self._d.credentials.credential_changes
+                or self._d.limiter.retry_after(ticket.ip)):
+            return None
+        if ticket.hit is not None:
+            ticket.hit()
+        ticket.latency.observe(self._d.clock() - started)
+        return ticket.reply
 
     # -- what is answered without waiting ---------------------------------------------------
 

@@ -11,7 +11,9 @@ replies on one connection still go out in request order (pipelining).
 
 Hostile input: the URL, header count and size, and body are bounded; a malformed request
 gets 400 and the connection is closed; a connection idle or stuck mid-request longer than
-the keep-alive timeout is closed.
+the keep-alive timeout is closed. One sweep of the open connections, a few times per
+timeout, finds them: a timer per connection cost more than the rest of a one-request
+connection's Python (the SDKs' pattern: a connection per metadata call).
 
 Flow control (as uvicorn's protocols): a client that pipelines requests and never reads its
 replies would otherwise grow the agent's memory without bound. So a connection stops being
@@ -41,7 +43,7 @@ from typing import Any, NoReturn, cast
 import httptools
 import structlog
 
-from podiam.imds.core import WANTED_HEADERS, MetadataCore, Reply, Request
+from podiam.imds.core import WANTED_HEADERS, MetadataCore, Replay, Reply, Request
 from podiam.observability.metrics import Metrics
 from podiam.settings import ImdsSettings
 
@@ -74,6 +76,12 @@ class _Malformed(Exception):
 class MetadataProtocol(asyncio.Protocol):
     """One client connection."""
 
+    # One is made per connection, and SDKs open one per metadata call: no __dict__ to build.
+    __slots__ = ("_body", "_closing", "_completed", "_core", "_counted", "_header_bytes", "_header_count",
+                 "_headers", "_in_message", "_ip", "_last_reply", "_loop", "_parser", "_queue", "_reading_paused",
+                 "_rejection", "_replay", "_replay_request", "_resume_scheduled", "_server", "_ticket",
+                 "_transport", "_unparsed", "_url", "_write_paused")
+
     def __init__(self, core: MetadataCore, server: FastServer) -> None:
         self._core = core
         self._server = server
@@ -88,7 +96,6 @@ class MetadataProtocol(asyncio.Protocol):
         self._body = 0
         self._queue: collections.deque[tuple[Reply | asyncio.Task[Reply], bool, bool]] = collections.deque()
         """Replies (or tasks making them) in request order, with (head only, keep alive)."""
-        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._rejection: Reply | None = None
         self._last_reply = self._loop.time()
@@ -101,6 +108,16 @@ class MetadataProtocol(asyncio.Protocol):
         self._unparsed = b""
         """What was received but not parsed yet because reading paused mid-chunk."""
         self._resume_scheduled = False
+        self._replay: Replay | None = None
+        """The last request's ticket (imds/core.py's Replay), valid for ``_replay_request`` only."""
+        self._replay_request = b""
+        """The chunk that was exactly that one request, byte for byte."""
+        self._in_message = False
+        """The parser is inside a message: a chunk that starts or ends so is no replay's."""
+        self._ticket: Replay | None = None
+        """Set by on_message_complete for a request answered at once: the candidate replay."""
+        self._completed = 0
+        """Messages completed in the chunk being parsed."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -119,13 +136,27 @@ class MetadataProtocol(asyncio.Protocol):
         server.per_ip[self._ip] = server.per_ip.get(self._ip, 0) + 1
         server.connections.add(self)
         self._transport.set_write_buffer_limits(server.write_buffer_high, server.write_buffer_high // 4)
-        self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        replay = self._replay
+        if replay is not None and data == self._replay_request and not self._queue and not self._reading_paused:
+            reply = self._core.replay(replay)
+            if reply is not None and self._transport is not None and not self._server.closing:
+                self._transport.write(reply.wire)  # the hot path of the hot path: no parse, no decision
+                self._last_reply = self._loop.time()
+                return
+        self._replay = None
         if len(data) <= FEED_SLICE and not self._reading_paused:
-            self._feed(data)  # the common case: one request, one feed, no slicing
+            # The common case: one request, one feed, no slicing; and the chunk that was exactly
+            # one request answered at once is remembered with its ticket.
+            whole = not self._in_message
+            self._completed, self._ticket = 0, None
+            self._feed(data)
+            if self._ticket is not None and whole and self._completed == 1 and not self._in_message:
+                self._replay, self._replay_request = self._ticket, data
+            self._ticket = None
             return
         self._feed_slices(self._unparsed + data if self._unparsed else data)
 
@@ -156,8 +187,6 @@ class MetadataProtocol(asyncio.Protocol):
                 self._server.per_ip[self._ip] = left
             else:
                 del self._server.per_ip[self._ip]  # the dict holds only IPs with connections
-        if self._timer is not None:
-            self._timer.cancel()
         self._transport = None
         self._unparsed = b""
         # In-flight work is left to finish: the credential fetch it may be waiting on is the
@@ -200,6 +229,7 @@ class MetadataProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._url.clear()
         self._headers = {}
         self._header_bytes = 0
@@ -226,13 +256,16 @@ class MetadataProtocol(asyncio.Protocol):
             self._reject(_TOO_LARGE)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
+        self._completed += 1
         method = self._parser.get_method().decode("latin-1")
         # The raw target, undecoded: the core decides what is canonical (imds/target.py), and
         # latin-1 maps every byte to one character, so nothing is lost or reinterpreted here.
         target = self._url.decode("latin-1")
         keep_alive = self._parser.should_keep_alive() and not self._server.closing
+        request = Request(method, target, self._headers, self._ip)
         try:
-            answer = self._core.answer(Request(method, target, self._headers, self._ip))
+            answer = self._core.answer(request)
         except Exception as e:
             # A bug in the core costs this request a 500, not the connection: raised into the
             # parser's callback it would read as the pod's malformed request.
@@ -242,6 +275,8 @@ class MetadataProtocol(asyncio.Protocol):
         if isinstance(answer, Reply):
             if not self._queue:
                 self._write(answer, head_only, keep_alive)  # the hot path: no task, one write
+                if keep_alive and not head_only and answer is not _INTERNAL:
+                    self._ticket = self._replay_ticket(request, answer)
                 return
             self._queue.append((answer, head_only, keep_alive))
         else:
@@ -252,6 +287,14 @@ class MetadataProtocol(asyncio.Protocol):
         self._flush()
         if len(self._queue) > self._server.pipeline_depth:
             self._pause_reading()  # replies wait behind a slow one: stop taking more
+
+    def _replay_ticket(self, request: Request, answer: Reply) -> Replay | None:
+        try:
+            return self._core.replay_ticket(request, answer)
+        except Exception as e:
+            # As a bug in answer(): it costs the replay, never the request (already answered).
+            log.error("metadata replay not kept", error=repr(e))  # noqa: TRY400
+            return None
 
     def _reject(self, reply: Reply) -> NoReturn:
         self._rejection = reply
@@ -286,7 +329,7 @@ class MetadataProtocol(asyncio.Protocol):
                 self._write_last(transport, data)
                 return
             transport.write(data)
-        self._last_reply = self._loop.time()  # the idle timer reads it; no re-arming per request
+        self._last_reply = self._loop.time()  # the idle sweep reads it
 
     def _write_last(self, transport: asyncio.Transport, data: bytes) -> None:
         """The connection's last reply, with the FIN in the same segment (module docstring).
@@ -302,7 +345,9 @@ class MetadataProtocol(asyncio.Protocol):
             transport.write(data)  # replies before it are still queued: the FIN follows them
             transport.close()
             return
-        raw = socket.socket(sock.family, sock.type, fileno=sock.fileno())
+        # The family from the peer's address: the socket's own properties convert to enums per call.
+        family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_STREAM, 0, sock.fileno())
         try:
             with contextlib.suppress(OSError):
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
@@ -323,23 +368,15 @@ class MetadataProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _arm_timer(self, delay: float | None = None) -> None:
-        self._timer = self._loop.call_later(
-            self._server.keepalive_timeout if delay is None else delay, self._idle)
-
-    def _idle(self) -> None:
-        """Close a connection that has been quiet, or stuck mid-request, for the whole timeout."""
-        if self._queue:  # never cut a request that is being answered
-            self._arm_timer()
+    def close_if_idle(self, now: float) -> None:
+        """Close the connection if it has been quiet, or stuck mid-request, for the whole timeout
+        (the server's sweep asks)."""
+        if self._queue or now - self._last_reply < self._server.keepalive_timeout:
+            return  # never cut a request that is being answered
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self._transport.abort()  # replies unread for the whole timeout: close() would wait forever
             return
-        quiet_for = self._loop.time() - self._last_reply
-        if quiet_for >= self._server.keepalive_timeout:
-            if self._transport is not None and self._transport.get_write_buffer_size():
-                self._transport.abort()  # replies unread for the whole timeout: close() would wait forever
-                return
-            self._close()
-        else:
-            self._arm_timer(self._server.keepalive_timeout - quiet_for)
+        self._close()
 
     @property
     def idle(self) -> bool:
@@ -385,6 +422,7 @@ class FastServer:
         self._server: asyncio.Server | None = None
         self.connections: set[MetadataProtocol] = set()
         self._tasks: set[asyncio.Task[Reply]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.closing = False
 
     def track(self, task: asyncio.Task[Reply]) -> None:
@@ -395,7 +433,17 @@ class FastServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: MetadataProtocol(self._core, self), self._host,
                                                 self._port, reuse_address=True, backlog=self._backlog)
+        self._sweeper = loop.create_task(self._sweep(), name="imds-idle-sweep")
         return self
+
+    async def _sweep(self) -> None:
+        """Close idle connections: each within the keep-alive timeout plus a quarter of it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.keepalive_timeout / 4)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.close_if_idle(now)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -409,6 +457,10 @@ class FastServer:
         server, self._server = self._server, None
         self.closing = True  # replies from now on carry Connection: close
         server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for conn in list(self.connections):
             if conn.idle:
                 conn._close()

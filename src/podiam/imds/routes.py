@@ -8,6 +8,7 @@ Every version prefix is served alike: ``latest`` or a dated one such as ``2009-0
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -46,8 +47,12 @@ class Match:
     sent to the node's IMDS as it is. Empty for the other routes, which never leave podiam."""
 
 
+@functools.lru_cache(maxsize=4096)
 def classify(path: CanonicalPath) -> Match:
-    """The route of a canonical request path."""
+    """The route of a canonical request path.
+
+    Cached, as canonical_path is: every request asks it, a new connection's too (the SDKs'
+    pattern), and a pod's paths are few; the bound holds against a pod inventing paths."""
     if path == "/healthz":
         return Match(Route.HEALTHZ)
     if path == "/readyz":

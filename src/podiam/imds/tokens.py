@@ -46,16 +46,24 @@ class TokenIssuer:
 
     def valid(self, token: str, ip: str) -> bool:
         """Whether ``token`` was issued by this process to ``ip`` and has not expired."""
+        return self.seconds_left(token, ip) > 0
+
+    def seconds_left(self, token: str, ip: str) -> float:
+        """Seconds until ``token`` expires if this process issued it to ``ip``; <= 0 if it is not valid."""
+        return self._expiry(token, ip) - self._clock()
+
+    def _expiry(self, token: str, ip: str) -> int:
+        """When ``token`` expires (the clock's seconds) if this process issued it to ``ip``; else 0."""
         known = self._valid.get(token)
         if known is not None:
-            return known[0] == ip and self._clock() < known[1]
+            return known[1] if known[0] == ip else 0
         expiry = self._verify(token, ip)
         if expiry is None:
-            return False
+            return 0
         if len(self._valid) >= self._max_remembered:
             self._valid.clear()  # mostly expired or abandoned tokens; live ones re-verify once
         self._valid[token] = (ip, expiry)
-        return self._clock() < expiry
+        return expiry
 
     def _verify(self, token: str, ip: str) -> int | None:
         """The expiry sealed in ``token`` if its MAC is ours and it names ``ip``; else None."""

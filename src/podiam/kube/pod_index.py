@@ -49,6 +49,9 @@ class PodIndex:
         self._listeners: list[IndexListener] = []
         self.synced = asyncio.Event()
         """Set once the first full list has been applied; cleared never (re-lists replace in place)."""
+        self.pod_changes = 0
+        """Counts every change that may change what lookup() or is_host_ip() answers: the metadata
+        endpoint replays an answer only while it has not moved (imds/core.py's Replay)."""
 
     def subscribe(self, listener: IndexListener) -> None:
         self._listeners.append(listener)
@@ -70,6 +73,7 @@ class PodIndex:
         listed = {pod.uid: pod for pod in pods}
         self._host_network = {uid: ip for uid, ip in self._host_network.items() if uid in listed}
         self._host_ips = self._static_host_ips | frozenset(self._host_network.values())
+        self.pod_changes += 1
         for uid in [uid for uid in self._by_uid if uid not in listed]:
             self._drop(uid)
         for pod in listed.values():
@@ -90,6 +94,7 @@ class PodIndex:
             if old.pod == pod and old.same_decision(entry):
                 return  # decided again, same answer
             self._drop(pod.uid, replaced_by=entry)
+        self.pod_changes += 1
         self._by_uid[pod.uid] = entry
         if entry.identity is not None:
             self._uses.add(entry.identity)
@@ -128,6 +133,7 @@ class PodIndex:
             self._host_network.pop(pod.uid, None)
         if self._host_network.get(pod.uid) != before:
             self._host_ips = self._static_host_ips | frozenset(self._host_network.values())
+            self.pod_changes += 1
 
     # -- lookups, from the metadata endpoint ---------------------------------------------
 
@@ -181,6 +187,7 @@ class PodIndex:
         entry = self._by_uid.pop(uid, None)
         if entry is None:
             return
+        self.pod_changes += 1
         if entry.identity is not None:
             self._uses.remove(entry.identity)
         assert entry.pod.ip is not None

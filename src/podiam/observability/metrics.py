@@ -12,6 +12,8 @@ import functools
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from podiam.observability.loop_metrics import LoopCounter, LoopHistogram
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Seconds. Dense below 10 ms (cache hits), sparse up to the SDKs' 1 s timeout and past it."""
 
@@ -20,7 +22,8 @@ class EndpointMetrics:
     """The metadata endpoint's: requests, refusals, proxied paths, refused connections."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.requests = Histogram(
+        # Once per request: lock-free (loop_metrics.py says why).
+        self.requests = LoopHistogram(
             "podiam_imds_request_duration_seconds",
             "Metadata requests served, by route and HTTP status.",
             ["route", "status"],
@@ -73,7 +76,7 @@ class CredentialMetrics:
     """The credential cache and its STS calls."""
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.cache_hits = Counter(
+        self.cache_hits = LoopCounter(  # once per credential request: lock-free (loop_metrics.py)
             "podiam_credential_cache_hits_total",
             "Credential requests answered from the cache without waiting for STS.",
             registry=r,

@@ -45,6 +45,9 @@ class MirroredIndex(Protocol):
 
     def is_host_ip(self, ip: str) -> bool: ...
 
+    @property
+    def pod_changes(self) -> int: ...
+
 
 class Mirror:
     """PodLookup and CredentialSource of the agent's metadata endpoint, fed by ``apply``."""
@@ -66,6 +69,8 @@ class Mirror:
         self._creds: dict[Identity, Credentials] = {}
         self._valid_until: dict[Identity, dt.datetime] = {}
         self._failures: dict[Identity, CredentialsError] = {}
+        self.credential_changes = 0
+        """Counts every change to the credentials fresh() answers with (CredentialSource)."""
         self._waiters: Waiters[Identity] = Waiters()
         self._margin = dt.timedelta(seconds=expiry_margin)
         self._credentials_wait = credentials_wait
@@ -90,6 +95,10 @@ class Mirror:
     def is_host_ip(self, ip: str) -> bool:
         return self._index.is_host_ip(ip)
 
+    @property
+    def pod_changes(self) -> int:
+        return self._index.pod_changes
+
     async def wait_for(self, ip: str, timeout: float) -> PodEntry:
         try:
             return await self._index.wait_for(ip, timeout)
@@ -108,6 +117,9 @@ class Mirror:
         if creds is not None and self._clock() < self._valid_until[identity]:
             return creds
         return None
+
+    def replayed(self) -> None:
+        """Nothing to count: a split agent has no cache metrics (the server has)."""
 
     async def get(self, identity: Identity) -> Credentials:
         """The streamed credentials; waits ``credentials_wait`` for ones the server has not sent yet."""
@@ -158,6 +170,7 @@ class Mirror:
             self._creds.pop(identity, None)
             self._valid_until.pop(identity, None)
             self._failures.pop(identity, None)
+        self.credential_changes += 1  # whatever the kind: messages are rare beside requests
         self.resume = update.resume
 
     def _snapshot(self, snap: pb.Snapshot) -> None:

@@ -173,6 +173,8 @@ class CredentialCache:
         self._tasks: set[asyncio.Task[Credentials | CredentialsError]] = set()
         self._open = False
         self._closed = False
+        self.credential_changes = 0
+        """Counts every change to what fresh() answers with but the passage of time (CredentialSource)."""
 
     async def __aenter__(self) -> Self:
         if self._open or self._closed:
@@ -207,6 +209,10 @@ class CredentialCache:
             self._metrics.cache_hits.inc()
             return entry.creds
         return None
+
+    def replayed(self) -> None:
+        """The endpoint served fresh()'s answer again from its replay: the cache hit it is."""
+        self._metrics.cache_hits.inc()
 
     async def get(self, identity: Identity) -> Credentials:
         """Credentials for ``identity``, by the rules in the module docstring.
@@ -310,6 +316,7 @@ class CredentialCache:
         entry = self._entries.pop(identity, None)
         if entry is None:
             return
+        self.credential_changes += 1
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -376,6 +383,7 @@ class CredentialCache:
         if isinstance(outcome, Credentials):
             had_creds = entry.creds is not None
             entry.creds = outcome
+            self.credential_changes += 1
             entry.fresh_until = outcome.expiration - self._refresh
             entry.valid_until = outcome.expiration - self._margin
             entry.error, entry.failures = None, 0

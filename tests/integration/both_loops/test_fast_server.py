@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from pod_doubles import LoopbackPods
+from pod_doubles import CredentialDouble, LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import MAX_URL, FastServer
@@ -33,7 +33,7 @@ SLOW = b"GET /latest/meta-data/iam/security-credentials/slow HTTP/1.1\r\nHost: x
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-class Source:
+class Source(CredentialDouble):
     """podiam's CredentialSource interface: 'slow' waits until released, others are fresh."""
 
     def __init__(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from pod_doubles import LoopbackPods
+from pod_doubles import CredentialDouble, LoopbackPods
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import FEED_SLICE, FastServer, MetadataProtocol
@@ -44,7 +44,7 @@ MISSING = b"GET /latest/meta-data/iam/security-credentials/other HTTP/1.1\r\nHos
 """Answered 403 (the pod's role is another): a third distinct reply for order checks."""
 
 
-class Source:
+class Source(CredentialDouble):
     """podiam's CredentialSource interface: every request waits until released."""
 
     def __init__(self) -> None:
