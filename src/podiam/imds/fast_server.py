@@ -348,13 +348,19 @@ class MetadataProtocol(asyncio.Protocol):
         # The family from the peer's address: the socket's own properties convert to enums per call.
         family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
         raw = socket.socket(family, socket.SOCK_STREAM, 0, sock.fileno())
+        # try/except, not contextlib.suppress: this runs once per connection, and SDKs open one
+        # per metadata call; an OSError (the peer reset) only loses the FIN's ride.
         try:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            except OSError:
+                pass
             transport.write(data)
             if not transport.get_write_buffer_size():
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105
                     raw.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
         finally:
             raw.detach()  # the transport owns the descriptor and closes it
         transport.close()
