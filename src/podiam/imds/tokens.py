@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -41,7 +41,7 @@ class TokenIssuer:
         """A token valid for ``ttl`` seconds, from ``ip`` only. ``ttl`` must be in 1..21600."""
         if not MIN_TTL <= ttl <= MAX_TTL:
             raise ValueError(f"TTL {ttl} is outside {MIN_TTL}..{MAX_TTL}")
-        body = _EXPIRY.pack(int(self._clock()) + ttl) + ipaddress.ip_address(ip).packed
+        body = _EXPIRY.pack(int(self._clock()) + ttl) + _packed(ip)
         return base64.urlsafe_b64encode(body + self._mac(body)).decode().rstrip("=")
 
     def valid(self, token: str, ip: str) -> bool:
@@ -69,8 +69,8 @@ class TokenIssuer:
         """The expiry sealed in ``token`` if its MAC is ours and it names ``ip``; else None."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            packed_ip = ipaddress.ip_address(ip).packed
-        except ValueError:
+            packed_ip = _packed(ip)
+        except (ValueError, OSError):  # not base64; not an address (inet_pton's OSError)
             return None
         body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
         if len(body) != _EXPIRY.size + len(packed_ip) or not hmac.compare_digest(mac, self._mac(body)):
@@ -81,7 +81,14 @@ class TokenIssuer:
         return int(expiry)
 
     def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_LEN]
+        # The one-shot form: OpenSSL's HMAC in one C call, not an hmac object per token.
+        return hmac.digest(self._key, body, hashlib.sha256)[:_MAC_LEN]
+
+
+def _packed(ip: str) -> bytes:
+    """The address's bytes, as ipaddress would give them, in one C call: a token is issued on
+    every SDK refresh, and each new connection's first request verifies one."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
 
 
 def parse_ttl(header: str | None) -> int | None:
