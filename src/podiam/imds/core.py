@@ -94,15 +94,22 @@ class Reply:
     @cached_property
     def head(self) -> bytes:
         """The HTTP/1.1 status line and headers, for servers that write raw bytes."""
-        lines = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}", "Server: EC2ws",
-                 f"Content-Type: {self.content_type}", f"Content-Length: {len(self.body)}"]
-        lines += [f"{name}: {value}" for name, value in self.extra_headers]
-        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        return _head(self.status, self.content_type, len(self.body), self.extra_headers)
 
     @cached_property
     def wire(self) -> bytes:
         """The whole keep-alive response, rendered once: a cached Reply is one write."""
         return self.head + b"\r\n" + self.body
+
+
+@functools.lru_cache(maxsize=1024)
+def _head(status: int, content_type: str, length: int, extra_headers: tuple[tuple[str, str], ...]) -> bytes:
+    """Rendered once per distinct head: every token reply (one per SDK refresh) and every
+    refusal is a new Reply, but their heads repeat."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Server: EC2ws",
+             f"Content-Type: {content_type}", f"Content-Length: {length}"]
+    lines += [f"{name}: {value}" for name, value in extra_headers]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
 def _text(status: int, body: str | bytes, extra: tuple[tuple[str, str], ...] = ()) -> Reply:
