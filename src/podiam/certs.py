@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from podiam.errors import ConfigError
+from podiam.settings import DEFAULT_CA_DAYS, DEFAULT_DAYS, DEFAULT_NAMESPACE
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -48,9 +49,6 @@ SERVICE_NAME = "podiam-server"
 AGENT_NAME = "podiam-agent"
 """The agent certificate's common name and its one DNS SAN (for logs; it is a client name)."""
 CA_NAME = "podiam CA"
-DEFAULT_NAMESPACE = "kube-system"
-DEFAULT_DAYS = 365
-DEFAULT_CA_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(hours=1)
 """How far notBefore is backdated, so that a node whose clock is behind accepts new certificates."""
 

@@ -22,12 +22,14 @@ from typing import Any, TypeVar
 import click
 
 from podiam import __version__
-from podiam.certs import DEFAULT_CA_DAYS, DEFAULT_DAYS, DEFAULT_NAMESPACE, CertSpec, create, write_tree
 from podiam.errors import ConfigError, PodiamError
 from podiam.observability import logging as podiam_logging
 from podiam.policy import ROLE_ARN_RE
 from podiam.settings import (
     DEFAULT_ALLOW_ROUTE_REGEXP,
+    DEFAULT_CA_DAYS,
+    DEFAULT_DAYS,
+    DEFAULT_NAMESPACE,
     IPTABLES_MODES,
     AgentSettings,
     ExplainSettings,
@@ -553,6 +555,9 @@ def certs_init(*, out: Path, server_dns: tuple[str, ...], server_ip: tuple[str, 
     then replace the leaves (tls.crt, tls.key), then drop the old CA from ca.crt.
     docs/split-mode-certificates.md has the commands.
     """
+    # Imported here: cryptography (~9 MiB resident) is for this command and the server, not the agent.
+    from podiam.certs import CertSpec, create, write_tree  # noqa: PLC0415
+
     try:
         spec = CertSpec(server_dns=tuple(name.lower() for name in server_dns),
                         server_ips=tuple(ipaddress.ip_address(ip) for ip in server_ip),

@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 
 from podiam.errors import ConfigError
 
+DEFAULT_NAMESPACE = "kube-system"
+"""`podiam certs init`'s namespace: the server's, in its certificate's DNS names and the Secrets."""
+DEFAULT_DAYS = 365
+"""`podiam certs init`: validity of the server and agent certificates, in days."""
+DEFAULT_CA_DAYS = 3650
+"""`podiam certs init`: validity of the CA, in days (replacing a CA takes a rollout; a leaf, one Secret)."""
+
 IPTABLES_MODES = ("auto", "nft", "legacy")
 """--iptables-mode's values: the two iptables backends, or auto (the node's)."""
 

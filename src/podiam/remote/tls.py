@@ -10,19 +10,22 @@ extended key usage: a server certificate stolen from a replica is not an agent's
 
 Each side exports when its own certificate expires, as loaded (at start, at each reload on
 the server, at each connection attempt on the agent): a renewal that stopped shows up as an
-alert (deploy/monitoring/) before handshakes fail.
+alert (deploy/monitoring/) before handshakes fail. That one date is read from the DER here,
+so that the agent never imports cryptography (about 9 MiB resident): only the server's
+clientAuth check and ``--check-config`` parse certificates with it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from prometheus_client import Gauge
 
 from podiam.errors import ConfigError
@@ -73,11 +76,66 @@ class CertificateExpiry:
     def record(self, chain: bytes) -> None:
         """Export the first certificate's notAfter; a chain that does not parse leaves the last value
         (the handshake reports that file, not this gauge)."""
-        try:
-            leaf = x509.load_pem_x509_certificate(chain)
-        except ValueError:
-            return
-        self._gauge.set(leaf.not_valid_after_utc.timestamp())
+        not_after = certificate_not_after(chain)
+        if not_after is not None:
+            self._gauge.set(not_after.timestamp())
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n(.*?)-----END CERTIFICATE-----", re.DOTALL)
+_SEQUENCE, _EXPLICIT_0, _UTC_TIME, _GENERALIZED_TIME = 0x30, 0xA0, 0x17, 0x18
+
+
+def certificate_not_after(chain: bytes) -> dt.datetime | None:
+    """notAfter of the first certificate of a PEM chain; None if it does not parse.
+
+    Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
+    signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... }, ... } (RFC 5280 4.1).
+    For a gauge of this side's own files: nothing is trusted or refused on what this reads.
+    """
+    match = _PEM_CERTIFICATE.search(chain)
+    if match is None:
+        return None
+    try:
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        tag, start, _ = _der_item(der, 0)
+        tag_tbs, pos, tbs_end = _der_item(der, start)
+        if tag != _SEQUENCE or tag_tbs != _SEQUENCE:
+            return None
+        if der[pos] == _EXPLICIT_0:  # version
+            pos = _der_item(der, pos)[2]
+        for _ in range(3):  # serialNumber, signature, issuer
+            pos = _der_item(der, pos)[2]
+        tag, pos, validity_end = _der_item(der, pos)
+        if tag != _SEQUENCE or validity_end > tbs_end:
+            return None
+        pos = _der_item(der, pos)[2]  # notBefore
+        tag, start, end = _der_item(der, pos)
+        text = der[start:end].decode("ascii")
+    except (binascii.Error, IndexError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if tag == _UTC_TIME and len(text) == 13:  # YYMMDDHHMMSSZ; YY >= 50 means 19YY (RFC 5280 4.1.2.5.1)
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    elif tag != _GENERALIZED_TIME or len(text) != 15:  # YYYYMMDDHHMMSSZ
+        return None
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _der_item(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER item at ``pos``; IndexError or
+    ValueError when it runs past the end of ``der``."""
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:  # long form: the next (length & 0x7F) bytes hold the length
+        size = length & 0x7F
+        if not 0 < size <= 4 or pos + size > len(der):
+            raise ValueError("bad DER length")
+        length, pos = int.from_bytes(der[pos:pos + size], "big"), pos + size
+    if pos + length > len(der):
+        raise ValueError("DER item runs past the end")
+    return tag, pos, pos + length
 
 
 def server_credentials(files: TlsFiles, expiry: CertificateExpiry | None = None) -> grpc.ServerCredentials:
@@ -119,13 +177,14 @@ def channel_credentials(files: TlsFiles, expiry: CertificateExpiry | None = None
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-_USAGES = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
-
-
 def check_files(files: TlsFiles, side: Literal["client", "server"]) -> None:
     """What a handshake would find wrong with these files, as ConfigError: unreadable or not PEM,
     a key that is not the certificate's, a certificate without ``side``'s extended key usage
     (the other side refuses it), a CA file with no certificate. Reads the files, nothing else."""
+    from cryptography import x509  # noqa: PLC0415 - see the module docstring
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+
     cert_pem, key_pem, ca_pem = files.read()
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
@@ -141,7 +200,8 @@ def check_files(files: TlsFiles, side: Literal["client", "server"]) -> None:
         usage = chain[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         usage = x509.ExtendedKeyUsage([])
-    if _USAGES[side] not in usage:
+    wanted = ExtendedKeyUsageOID.CLIENT_AUTH if side == "client" else ExtendedKeyUsageOID.SERVER_AUTH
+    if wanted not in usage:
         raise ConfigError(f"--cert: the certificate in {files.cert} lacks the {side}Auth extended key usage, "
                           f"so the other side refuses it (`podiam certs init` writes one per side)")
     try:
@@ -152,6 +212,9 @@ def check_files(files: TlsFiles, side: Literal["client", "server"]) -> None:
 
 def is_client_certificate(pem: bytes) -> bool:
     """Whether the certificate carries the clientAuth extended key usage."""
+    from cryptography import x509  # noqa: PLC0415 - see the module docstring
+    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+
     try:
         usage = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
     except (ValueError, x509.ExtensionNotFound):

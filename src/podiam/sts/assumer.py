@@ -51,6 +51,10 @@ CHAIN_DURATION = 3600
 MAX_CHAINED_DURATION = 3600.0
 """Seconds: AWS caps a session assumed with another role's credentials (role chaining) at 1 h."""
 
+ENDPOINT_SERVICES = ("sts", "sso", "sso-oidc")
+"""The services whose endpoints a podiam session resolves: STS, and SSO for a profile's SSO
+credentials (botocore's SSO provider makes its clients from the same session)."""
+
 _MESSAGE_LIMIT = 300
 """STS error messages are quoted in our errors, truncated: they name principals and
 resources, never credentials, but can be long."""
@@ -81,6 +85,7 @@ class StsAssumer:
 
     async def __aenter__(self) -> Self:
         session = self._session or get_session()
+        _keep_only_our_endpoints(session)
         _prefer_endpoint_choice(session, regional=self._settings.regional_endpoint)
         config = AioConfig(
             connect_timeout=min(self._settings.connect_timeout, self._settings.call_timeout),
@@ -97,14 +102,15 @@ class StsAssumer:
                 session.create_client("sts", region_name=self._region, config=config)
             )
             if self._settings.assume_role_arn is not None:
-                self._client = await stack.enter_async_context(self._chained_client(self._client, config))
+                self._client = await stack.enter_async_context(
+                    self._chained_client(self._client, config, session.get_component("data_loader")))
         except BotoCoreError as e:
             await stack.aclose()
             raise _map_error(e, what="create the STS client") from e
         self._stack = stack
         return self
 
-    def _chained_client(self, base: Any, config: AioConfig) -> Any:
+    def _chained_client(self, base: Any, config: AioConfig, loader: Any) -> Any:
         """--assume-role-arn (kiam's chain): a client for the pod roles whose credentials are
         ``base``'s AssumeRole of that role, which botocore refreshes ahead of their expiry
         (15 minutes before; a failed early refresh keeps the old ones until 10 minutes before)."""
@@ -123,6 +129,8 @@ class StsAssumer:
                     "expiry_time": _as_utc(c["Expiration"]).isoformat()}
 
         session = AioSession()
+        # base's loader: the models and endpoints are loaded (and trimmed) once, not per session.
+        session.register_component("data_loader", loader)
         _prefer_endpoint_choice(session, regional=self._settings.regional_endpoint)
         session.register_component("credential_provider", AioCredentialResolver([_ChainProvider(chain_credentials)]))
         return session.create_client("sts", region_name=self._region, config=config)
@@ -195,6 +203,22 @@ class _ChainProvider(CredentialProvider):  # type: ignore[misc]  # botocore is u
     async def load(self) -> AioRefreshableCredentials:
         return AioRefreshableCredentials.create_from_metadata(await self._fetch(), refresh_using=self._fetch,
                                                               method=self.METHOD)
+
+
+def _keep_only_our_endpoints(session: AioSession) -> None:
+    """Trim the endpoint data of ``session``'s loader to ENDPOINT_SERVICES, before any client.
+
+    botocore's endpoints.json describes every service in every partition: 1.2 MB of JSON,
+    about 7 MiB as dicts, which the loader caches and the session's endpoint resolver holds
+    for the process's life. The resolver takes the loader's cached object, so trimming that
+    object in place trims what every client of the session sees; the partitions (regions,
+    DNS suffixes, defaults) stay whole, so an unlisted service still resolves by the
+    partition's defaults, as botocore resolves any service it has no entry for.
+    """
+    endpoints, _ = session.get_component("data_loader").load_data_with_path("endpoints")
+    for partition in endpoints.get("partitions", ()):
+        services = partition.get("services", {})
+        partition["services"] = {name: services[name] for name in ENDPOINT_SERVICES if name in services}
 
 
 def _prefer_endpoint_choice(session: AioSession, *, regional: bool) -> None:
