@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from podiam.credentials import Identity
 from podiam.imds.core import PodLookup
 from podiam.pods import PodEntry
@@ -47,3 +49,35 @@ class CredentialDouble:
 
     def replayed(self) -> None:
         self.replays += 1
+
+
+class RecordingTransport:
+    """The asyncio transport the fast server's protocol writes to, in memory: keeps what is
+    written; everything counts as flushed at once, so reading never pauses."""
+
+    def __init__(self, peer: str = "10.0.0.5") -> None:
+        self.peer = peer
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "wrote after closing"
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.peer, 40000) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pod_doubles import CredentialDouble
+from pod_doubles import CredentialDouble, RecordingTransport
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore
 from podiam.imds.fast_server import FastServer, MetadataProtocol
@@ -37,37 +36,6 @@ class Source(CredentialDouble):
 
     async def get(self, identity: Identity) -> Credentials:
         return CREDS
-
-
-class Transport:
-    """Records what the protocol writes."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "wrote after closing"
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("10.0.0.5", 40000) if name == "peername" else default
-
-    # Flow control: everything written counts as flushed at once, so reading never pauses.
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def make_core() -> MetadataCore:
@@ -102,7 +70,7 @@ async def feed(chunks: list[bytes]) -> tuple[bytes, bool]:
     core = make_core()
     server = FastServer(core, "127.0.0.1", 0, 1.0)
     protocol = MetadataProtocol(core, server)
-    transport = Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     for chunk in chunks:
         if transport.closed:

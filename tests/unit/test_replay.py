@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pod_doubles import CredentialDouble
+from pod_doubles import CredentialDouble, RecordingTransport
 from podiam.credentials import Credentials, Identity
 from podiam.imds.core import ImdsDeps, MetadataCore, Reply, Request
 from podiam.imds.fast_server import FastServer, MetadataProtocol
@@ -66,32 +66,6 @@ class Source(CredentialDouble):
         return self.creds
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return (IP, 40000) if name == "peername" else default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 def pod(uid: str = "u1", role: str = "r") -> PodInfo:
     return PodInfo("ns", "web", uid, IP, "Running", annotations={ROLE_ANNOTATION: role})
 
@@ -119,7 +93,7 @@ class Node:
         self.oracle = MetadataCore(dataclasses.replace(deps, metrics=Metrics(), limiter=RateLimiter(0)))
         self.server = FastServer(self.core, "127.0.0.1", 0, 1.0)
         self.protocol = MetadataProtocol(self.core, self.server)
-        self.transport = Transport()
+        self.transport = RecordingTransport(IP)
         self.protocol.connection_made(self.transport)  # type: ignore[arg-type]
 
     async def send(self, data: bytes) -> bytes:
