@@ -248,3 +248,17 @@ def test_replays_end_when_the_requests_token_expires_even_within_the_window() ->
         await node.server.close()
 
     asyncio.run(run())
+
+
+def test_a_repeat_during_the_stop_is_answered_and_counted_once() -> None:
+    async def run() -> None:
+        node = Node()
+        data = request(node.tokens.issue(IP, 600))
+        await node.send(data)
+        node.server.closing = True  # what FastServer.close() sets first: replies carry Connection: close
+        assert b"Connection: close" in await node.send(data)
+        assert node.requests_counted() == 2
+        assert (node.source.fresh_calls, node.source.replays) == (2, 0)
+        await node.server.close()
+
+    asyncio.run(run())

@@ -140,11 +140,14 @@ class MetadataProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        replay = self._replay
-        if replay is not None and data == self._replay_request and not self._queue and not self._reading_paused:
+        replay, transport = self._replay, self._transport
+        # Whether the connection can take a replay is asked before replay(), which counts the
+        # request and takes a rate-limit token: a request parsed after it would be counted twice.
+        if (replay is not None and transport is not None and data == self._replay_request and not self._queue
+                and not self._reading_paused and not self._server.closing):
             reply = self._core.replay(replay)
-            if reply is not None and self._transport is not None and not self._server.closing:
-                self._transport.write(reply.wire)  # the hot path of the hot path: no parse, no decision
+            if reply is not None:
+                transport.write(reply.wire)  # the hot path of the hot path: no parse, no decision
                 self._last_reply = self._loop.time()
                 return
         self._replay = None
