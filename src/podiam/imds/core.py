@@ -299,12 +299,10 @@ class MetadataCore:
             lifetime = min(lifetime, self._d.tokens.seconds_left(token, req.ip))
         if lifetime <= 0:
             return None
-        latency = self._latency.get((route, 200))
-        if latency is None:
-            return None
         hit = self._d.credentials.replayed if route is Route.CREDENTIALS else None
         return Replay(reply, ip=req.ip, until=now + lifetime, pod_changes=self._d.pods.pod_changes,
-                      credential_changes=self._d.credentials.credential_changes, latency=latency, hit=hit)
+                      credential_changes=self._d.credentials.credential_changes,
+                      latency=self._latency_child(route, 200), hit=hit)
 
     def replay(self, ticket: Replay) -> Reply | None:
         """The ticket's Reply for a repeat of its request, counted as a request; None when the
@@ -433,10 +431,13 @@ class MetadataCore:
         return True
 
     def _observe(self, route: Route, status: int, started: float) -> None:
+        self._latency_child(route, status).observe(time.perf_counter() - started)
+
+    def _latency_child(self, route: Route, status: int) -> Any:
         child = self._latency.get((route, status))
         if child is None:
             child = self._latency[(route, status)] = self._metrics.requests.labels(route.value, str(status))
-        child.observe(time.perf_counter() - started)
+        return child
 
     # -- the parts that wait --------------------------------------------------------------
 
