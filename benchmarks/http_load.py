@@ -238,3 +238,19 @@ async def pod_tcp_active_opens(netns: str) -> int:
     done = (await run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], timeout=30)).check()
     names, values = (line.split() for line in done.stdout.splitlines() if line.startswith("Tcp:"))
     return int(values[names.index("ActiveOpens")])
+
+
+def add_wrk_figures(result: ScenarioResult, name: str, runs: list[dict[str, Any]], *, p999: bool = True,
+                    cpu_of: str = "the server's process tree") -> None:
+    """The figures every wrk load reports, from its runs' summaries (and ``cpu_s`` measured
+    beside): requests/s, p50, p99 (and p99.9), CPU per request, errors."""
+    result.add(f"{name}.requests_per_s", "req/s", [r["requests"] / (r["duration_us"] / 1e6) for r in runs])
+    result.add(f"{name}.p50_ms", "ms", [r["p50_us"] / 1000 for r in runs])
+    result.add(f"{name}.p99_ms", "ms", [r["p99_us"] / 1000 for r in runs])
+    if p999:
+        result.add(f"{name}.p99.9_ms", "ms", [r["p999_us"] / 1000 for r in runs])
+    result.add(f"{name}.cpu_us_per_request", "us", [r["cpu_s"] * 1e6 / max(r["requests"], 1) for r in runs],
+               f"user+system of {cpu_of} over the run, / requests")
+    result.add(f"{name}.errors", "count", [r["connect_errors"] + r["read_errors"] + r["write_errors"]
+                                           + r["status_errors"] + r["timeouts"] for r in runs],
+               "socket errors + non-2xx + timeouts")

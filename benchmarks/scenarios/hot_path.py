@@ -11,7 +11,7 @@ import contextlib
 import os
 
 from benchmarks.common import ScenarioResult, Target, agent_has_flag, cpu_seconds, pairwise
-from benchmarks.http_load import dnat_rule, nginx_serving, wrk
+from benchmarks.http_load import add_wrk_figures, dnat_rule, nginx_serving, wrk
 from benchmarks.node import BASELINE_ENV, bench_world, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
 from podiam_sandbox.world import World, free_port
@@ -122,16 +122,8 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
 def _report(runs: dict[str, list[dict[str, float]]], ctx: Context, result: ScenarioResult) -> None:
     p = ctx.profile
     for name, rs in runs.items():
-        result.add(f"{name}.requests_per_s", "req/s", [r["requests"] / (r["duration_us"] / 1e6) for r in rs])
-        result.add(f"{name}.p50_ms", "ms", [r["p50_us"] / 1000 for r in rs])
-        result.add(f"{name}.p99_ms", "ms", [r["p99_us"] / 1000 for r in rs])
-        result.add(f"{name}.p99.9_ms", "ms", [r["p999_us"] / 1000 for r in rs])
-        result.add(f"{name}.cpu_us_per_request", "us", [r["cpu_s"] * 1e6 / max(r["requests"], 1) for r in rs],
-                   "user+system of the server's process tree over the run, / requests")
+        add_wrk_figures(result, name, rs)
         result.add(f"{name}.bytes_per_response", "B", [r["bytes"] / max(r["requests"], 1) for r in rs])
-        result.add(f"{name}.errors", "count", [r["connect_errors"] + r["read_errors"] + r["write_errors"]
-                                               + r["status_errors"] + r["timeouts"] for r in rs],
-                   "socket errors + non-2xx + timeouts")
 
     def fig(name: str) -> list[float]:
         return result.figures[name].values

@@ -19,6 +19,7 @@ from benchmarks.http_load import (
     TOKEN_PATH,
     TOKEN_TTL_HEADER,
     WrkScript,
+    add_wrk_figures,
     dnat_rule,
     nginx_serving,
     pod_tcp_active_opens,
@@ -110,14 +111,7 @@ async def _run(world: World, ctx: Context, result: ScenarioResult) -> None:
 def _report(runs: dict[str, list[dict[str, float]]], ctx: Context, result: ScenarioResult) -> None:
     p = ctx.profile
     for name, rs in runs.items():
-        result.add(f"{name}.requests_per_s", "req/s", [r["requests"] / (r["duration_us"] / 1e6) for r in rs])
-        result.add(f"{name}.p50_ms", "ms", [r["p50_us"] / 1000 for r in rs])
-        result.add(f"{name}.p99_ms", "ms", [r["p99_us"] / 1000 for r in rs])
-        result.add(f"{name}.cpu_us_per_request", "us", [r["cpu_s"] * 1e6 / max(r["requests"], 1) for r in rs],
-                   "user+system of the server's process tree over the run, / requests")
-        result.add(f"{name}.errors", "count", [r["connect_errors"] + r["read_errors"] + r["write_errors"]
-                                               + r["status_errors"] + r["timeouts"] for r in rs],
-                   "socket errors + non-2xx + timeouts")
+        add_wrk_figures(result, name, rs, p999=False)
         result.add(f"{name}.connections_per_request", "conns", [r["opens"] / max(r["requests"], 1) for r in rs],
                    "TCP connections the pod opened during the run (Tcp ActiveOpens) / requests wrk counted")
         result.add(f"{name}.pod_time_wait", "sockets", [r["time_wait"] for r in rs],

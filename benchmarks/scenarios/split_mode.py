@@ -21,7 +21,7 @@ from benchmarks.common import (
     side_threads_cpu_seconds,
     wait_for,
 )
-from benchmarks.http_load import dnat_rule, wrk
+from benchmarks.http_load import add_wrk_figures, dnat_rule, wrk
 from benchmarks.node import api_pod, bench_world, bounded, imds_token, served_credentials, start_agent
 from benchmarks.profiles import Context
 from benchmarks.split import start_split
@@ -115,18 +115,10 @@ def _report(runs: dict[str, list[dict[str, float]]], rss: dict[str, list[float]]
             result: ScenarioResult, *, rpcs: float, pods: int) -> None:
     p = ctx.profile
     for name, rs in runs.items():
-        result.add(f"{name}.requests_per_s", "req/s", [r["requests"] / (r["duration_us"] / 1e6) for r in rs])
-        result.add(f"{name}.p50_ms", "ms", [r["p50_us"] / 1000 for r in rs])
-        result.add(f"{name}.p99_ms", "ms", [r["p99_us"] / 1000 for r in rs])
-        result.add(f"{name}.p99.9_ms", "ms", [r["p999_us"] / 1000 for r in rs])
-        result.add(f"{name}.cpu_us_per_request", "us", [r["cpu_s"] * 1e6 / max(r["requests"], 1) for r in rs],
-                   "user+system of the agent's process tree over the run, / requests")
+        add_wrk_figures(result, name, rs, cpu_of="the agent's process tree")
         result.add(f"{name}.side_threads_cpu_share", "%",
                    [100 * r["side_cpu_s"] / r["cpu_s"] if r["cpu_s"] else 0.0 for r in rs],
                    "CPU of the agent's threads other than the event loop's, of its whole CPU over the run")
-        result.add(f"{name}.errors", "count", [r["connect_errors"] + r["read_errors"] + r["write_errors"]
-                                               + r["status_errors"] + r["timeouts"] for r in rs],
-                   "socket errors + non-2xx + timeouts")
         result.add(f"{name}.rss_mb", "MiB", rss[name], f"VmRSS after each load run, {pods} pods on the node")
     result.add("split_dnat.rpcs_during_load", "RPCs", [rpcs],
                "podiam_remote_rpcs_total of the split agent over every load run (WatchNode calls)")
