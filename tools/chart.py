@@ -60,7 +60,7 @@ _EVERY_POLICY_VALUE: Values = {
 }
 _EVERY_AGENT_VALUE: Values = {
     "appPort": 8282, "metricsPort": 9282, "metricsBindAddress": "0.0.0.0",  # noqa: S104 - scraped from other nodes
-    "iptablesCheckInterval": "10s",
+    "iptablesCheckInterval": "10s", "fetchers": 16,
     "requireImdsv2": True, "podRateLimit": 50, "maxConnectionsPerIp": 64, "podWait": "500ms",
     "allowRouteRegexp": "^/latest/meta-data/placement/.*$", "httpServer": "aiohttp", "shutdownGrace": "3s",
     "metadataAddr": "169.254.169.254:80", "debug": True, "auditLog": "-",

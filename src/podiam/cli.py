@@ -9,7 +9,6 @@ names are accepted where they mean the same thing, so existing DaemonSets move o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import ipaddress
 import os
@@ -186,6 +185,12 @@ _NODE_READY_TAINT = _opt(
     "nodes. Split mode: a flag of `podiam server`, which removes it when the node's agent reports ready.")
 """The node's start-up taint: the agent's in agent mode, the server's in split mode (the agent has no API access)."""
 
+_FETCHERS = _opt(
+    "fetchers", type=click.IntRange(min=1, max=StsSettings.max_pool_connections - 1), default=StsSettings.fetchers,
+    help="STS calls in flight at once (prefetches, refreshes, requests); more wait in arrival order, so that a "
+    "burst of new pods is served first come, first served. Split mode: a flag of `podiam server`.")
+"""kiam's server flag, in both modes: whoever calls STS bounds its calls (the agent in agent mode)."""
+
 # No environment variable, on purpose: one left set in a manifest would make every start a no-op.
 _CHECK_CONFIG = click.option(
     "--check-config", is_flag=True, default=False,
@@ -212,6 +217,7 @@ _CHECK_CONFIG = click.option(
       "holding the node's rules: kubelet's KUBE-IPTABLES-HINT chain first, then the rule counts, as Kubernetes' "
       "iptables-wrapper decides). Decided once at start and logged.")
 @_NODE_READY_TAINT
+@_FETCHERS
 @_opt("http-server", type=click.Choice(["fast", "aiohttp"]), default="fast",
       help="The metadata endpoint's HTTP server: the dedicated fast path, or aiohttp (same behaviour).")
 @_opt("require-imdsv2", is_flag=True, default=False,
@@ -313,7 +319,7 @@ def _restriction_settings(flags: dict[str, Any]) -> RestrictionSettings:
 
 
 def _sts_settings(flags: dict[str, Any], environ: Mapping[str, str], **server: Any) -> StsSettings:
-    """``server``: the server's own StsSettings fields (assume_role_arn)."""
+    """``server``: StsSettings fields of flags outside the policy options (fetchers, assume_role_arn)."""
     settings = StsSettings(
         session_duration=flags["session_duration"],
         session_refresh=flags["session_refresh"],
@@ -342,7 +348,8 @@ SERVER_POLICY_FLAGS = (
     "namespace_restrictions", "namespace_key", "namespace_restriction_format", "namespace_permitted_key",
     "disable_strict_namespace_regexp",
     "iam_role_key", "iam_external_id", "host_network_role", "session_duration", "session_refresh", "session_tags",
-    "sts_timeout", "iam_role_error_ttl", "region", "use_regional_sts_endpoint", "pod_events", "node_ready_taint",
+    "sts_timeout", "iam_role_error_ttl", "region", "use_regional_sts_endpoint", "fetchers", "pod_events",
+    "node_ready_taint",
 )
 """Agent flags that are the server's in split mode: the agent holds no policy, STS or API access."""
 
@@ -377,7 +384,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
         kube=KubeSettings(node_name=flags["node"], kubeconfig=flags["kubeconfig"]),
         roles=_role_settings(flags),
         restrictions=_restriction_settings(flags),
-        sts=_sts_settings(flags, environ),
+        sts=_sts_settings(flags, environ, fetchers=flags["fetchers"]),
         imds=ImdsSettings(
             app_port=flags["app_port"],
             server=flags["http_server"],
@@ -408,7 +415,7 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 @_opt("key", type=click.Path(dir_okay=False), required=True, show_default=False, help="PEM private key of --cert.")
 @_opt("ca", type=click.Path(dir_okay=False), required=True, show_default=False,
       help="PEM CA bundle that signs agent certificates (client certificates are required).")
-@_opt("fetchers", type=click.IntRange(min=1), default=8, help="STS calls in flight at once (prefetch and refresh).")
+@_FETCHERS
 @_opt("assume-role-arn", type=str, default=None, show_default=False,
       help="kiam's chain: first assume this role, then the pod roles with its credentials (refreshed ahead of "
       "expiry). AWS caps such chained sessions at 1h, so --session-duration must be at most 1h.")
@@ -425,12 +432,12 @@ def agent_settings(flags: dict[str, Any], environ: Mapping[str, str], given: Col
 def server(*, check_config: bool, **flags: Any) -> None:
     """Split mode's server: watch every pod, assume their roles, stream each node's agent its pods."""
     try:
-        sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags))
+        sts = _sts_settings(flags, os.environ, assume_role_arn=_assume_role_arn(flags), fetchers=flags["fetchers"])
         settings = ServerSettings(
             kube=KubeSettings(node_name="", kubeconfig=flags["kubeconfig"]),
             cert=flags["cert"], key=flags["key"], ca=flags["ca"], bind=flags["bind"],
             roles=_role_settings(flags), restrictions=_restriction_settings(flags),
-            sts=dataclasses.replace(sts, fetchers=flags["fetchers"]),
+            sts=sts,
             log=LogSettings(format=flags["log_format"], level=flags["log_level"].lower()),
             metrics=MetricsSettings(port=flags["metrics_port"], bind_address=flags["metrics_bind_address"]),
             metadata_addr=flags["metadata_addr"], pod_events=flags["pod_events"],

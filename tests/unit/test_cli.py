@@ -108,6 +108,7 @@ SPLIT = ("agent", "--node", "n1", "--server-address", "podiam:9610", "--cert", "
     (["--no-pod-events"], {}, "--no-pod-events"),
     (["--disable-strict-namespace-regexp"], {}, "--disable-strict-namespace-regexp"),
     (["--region", "eu-west-1"], {}, "--region"),
+    (["--fetchers", "4"], {}, "--fetchers"),
     ([], {"PODIAM_IAM_ROLE_KEY": "x"}, "--iam-role-key"),  # from the environment too
 ])
 def test_a_split_mode_agent_refuses_the_servers_flags(args: list[str], env: dict[str, str], named: str) -> None:
@@ -191,6 +192,26 @@ def test_the_node_ready_taint_reaches_the_agent_settings(args: list[str], env: d
     with CliRunner().isolation(env=env):
         params = command.make_context("agent", ["--node", "n1", "--iptables", "--host-ip", "10.0.0.5", *args]).params
     assert agent_settings(params, {}).ready_taint.key == key
+
+
+@pytest.mark.parametrize(("args", "env", "fetchers"), [
+    ([], {}, 8),
+    (["--fetchers", "3"], {}, 3),
+    ([], {"PODIAM_FETCHERS": "20"}, 20),
+])
+def test_the_agent_bounds_its_sts_calls_by_fetchers(args: list[str], env: dict[str, str], fetchers: int) -> None:
+    command = main.commands["agent"]
+    with CliRunner().isolation(env=env):
+        params = command.make_context("agent", ["--node", "n1", *args]).params
+    assert agent_settings(params, {}).sts.fetchers == fetchers
+
+
+@pytest.mark.parametrize("command", [("agent", "--node", "n1"), SERVER])
+@pytest.mark.parametrize("value", ["0", "50", "x"])
+def test_fetchers_outside_one_to_the_pool_size_are_refused(command: tuple[str, ...], value: str) -> None:
+    code, out = run(*command, "--fetchers", value, "--check-config")
+    assert code == 2
+    assert "--fetchers" in out
 
 
 @pytest.mark.parametrize("command", [("agent", "--node", "n1"), SERVER])

@@ -94,6 +94,8 @@ class FakeAssumer:
     lifetime: float = SETTINGS.session_duration
     failure: BaseException | None = None
     calls: list[tuple[Identity, dt.datetime]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
     _gate: asyncio.Event | None = None
 
     def hold(self) -> None:
@@ -107,8 +109,13 @@ class FakeAssumer:
     async def assume(self, identity: Identity) -> Credentials:
         self.calls.append((identity, self.clock.now()))
         n = len(self.calls)
-        if self._gate is not None:
-            await self._gate.wait()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self._gate is not None:
+                await self._gate.wait()
+        finally:
+            self.in_flight -= 1
         if self.failure is not None:
             raise self.failure
         now = self.clock.now()
@@ -249,6 +256,25 @@ async def test_burst_of_first_requests_shares_one_call(
     assert len(assumer.calls) == 1
     assert all(r is results[0] for r in results)
     assert count(metrics, "podiam_credential_cache_misses_total") == 1000
+
+
+async def test_calls_in_flight_are_bounded_by_fetchers_in_arrival_order(
+    cache: CredentialCache, assumer: FakeAssumer
+) -> None:
+    # A node's start (or a burst of new pods) prefetches many identities at once. Unbounded,
+    # every call shares STS's capacity and all finish late together (100 calls to moto each
+    # took 0.6-1.2 s); bounded, the first pods are served first.
+    fetchers = SETTINGS.fetchers
+    identities = [Identity(role_arn=ROLE, session_name=f"default-app-{i}") for i in range(3 * fetchers)]
+    assumer.hold()
+    for identity in identities:
+        cache.prefetch(identity)
+    await until(lambda: len(assumer.calls) >= fetchers)
+    assumer.release()
+    await until(lambda: all(fetched(cache, identity)() for identity in identities))
+
+    assert assumer.max_in_flight == fetchers
+    assert [identity for identity, _ in assumer.calls] == identities
 
 
 async def test_prefetch_keeps_sts_off_the_request_path(

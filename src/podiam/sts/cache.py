@@ -168,8 +168,8 @@ class CredentialCache:
         self._error_ttl = dt.timedelta(seconds=settings.error_ttl)
         self._entries: dict[Identity, _Entry] = {}
         self._listeners: list[Callable[[Identity, Credentials | CredentialsError], None]] = []
-        # --fetchers: STS calls in flight at once; None leaves them to the client's pool.
-        self._fetchers = asyncio.Semaphore(settings.fetchers) if settings.fetchers else None
+        # --fetchers: STS calls in flight at once, in arrival order (asyncio's semaphore is FIFO).
+        self._fetchers = asyncio.Semaphore(settings.fetchers)
         self._tasks: set[asyncio.Task[Credentials | CredentialsError]] = set()
         self._open = False
         self._closed = False
@@ -364,11 +364,8 @@ class CredentialCache:
         role = identity.role_arn
         outcome: Credentials | CredentialsError
         try:
-            if self._fetchers is None:
+            async with self._fetchers:
                 outcome = await self._assumer.assume(identity)
-            else:
-                async with self._fetchers:
-                    outcome = await self._assumer.assume(identity)
         except CredentialsError as e:
             outcome = e
         except Exception as e:
