@@ -54,6 +54,8 @@ def test_every_flag_routed_to_the_server_is_one_a_split_agent_refuses_and_the_se
 def valid_value(param: click.Option) -> str:
     if isinstance(param.type, click.Choice):
         return str(param.type.choices[-1])
+    if isinstance(param.type, click.types.IntParamType):  # --fetchers
+        return "4"
     return "20m" if isinstance(param.type, cli.Duration) else "x"
 
 
