@@ -151,6 +151,15 @@ async def test_assume_role_calls_are_counted_per_role_and_session(assumer: StsAs
     assert len(await moto_sts.assume_role_calls(session_name=b)) == 1
 
 
+async def test_start_returns_with_sts_loaded_and_nothing_counted() -> None:
+    # moto imports a service's backend on that service's first request: 0.05-0.2 s here, over
+    # a second on a fresh, loaded CI machine. A first AssumeRole slower than the per-attempt
+    # read timeout is retried and counted twice (CI, fcf4323), so "started" means STS is loaded.
+    async with MotoSts() as sts:
+        assert "sts" in await sts.loaded_services()
+        assert await sts.assume_role_calls() == []
+
+
 async def test_reset_forgets_the_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async with MotoSts() as sts:
         _isolate_aws_env(monkeypatch, tmp_path, sts.client_env())
