@@ -70,7 +70,7 @@ FULL = Profile(
     app_seconds=5, app_sdks=("boto3", "js", "go-v1", "go-v2", "ruby"),
     pod_counts=(0, 110, 500), soak_seconds=600, soak_rate=50, soak_pods=10, soak_sample_seconds=5,
     churn_rounds=10, churn_seconds=10,
-    scale_sizes=((5000, 100), (10000, 200)), scale_runs=1, scale_ip_rate=100, scale_idle_seconds=10,
+    scale_sizes=((5000, 100), (10000, 200)), scale_runs=3, scale_ip_rate=100, scale_idle_seconds=10,
 )
 
 SMOKE = Profile(
