@@ -581,6 +581,34 @@ async def test_unexpected_assumer_error_is_an_outage_not_a_crash(
 # -- lifecycle --------------------------------------------------------------------------------
 
 
+async def test_identities_gauge_counts_those_holding_credentials(
+    cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock, metrics: Metrics
+) -> None:
+    # The gauge is kept by counting changes, not by a recount: every way in and out, once each.
+    ids = [Identity(role_arn=ID.role_arn, session_name=f"s-{i}") for i in range(4)]
+    for identity in ids[:3]:
+        cache.prefetch(identity)
+    await until(lambda: all(fetched(cache, i)() for i in ids[:3]))
+    assert count(metrics, "podiam_credential_cache_identities") == 3
+
+    clock.advance(SETTINGS.session_duration - SETTINGS.session_refresh)  # every refresh is due
+    await until(lambda: len(assumer.calls) == 6 and all(fetched(cache, i)() for i in ids[:3]))
+    assert count(metrics, "podiam_credential_cache_identities") == 3  # a refresh is not a new one
+
+    assumer.hold()
+    cache.prefetch(ids[3])
+    await until(lambda: cache.state()[ids[3]].fetching)
+    assert count(metrics, "podiam_credential_cache_identities") == 3  # fetching holds nothing yet
+    cache.discard(ids[3])  # gone while its call is out
+    assumer.release()
+    cache.discard(ids[0])
+    cache.discard(ids[0])
+    await until(lambda: assumer.in_flight == 0)
+    assert count(metrics, "podiam_credential_cache_identities") == 2
+    assert set(cache.state()) == {ids[1], ids[2]}
+
+
+
 async def test_discard_forgets_and_stops_refreshing(
     cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock, metrics: Metrics
 ) -> None:
