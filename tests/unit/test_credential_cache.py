@@ -608,7 +608,6 @@ async def test_identities_gauge_counts_those_holding_credentials(
     assert set(cache.state()) == {ids[1], ids[2]}
 
 
-
 async def test_discard_forgets_and_stops_refreshing(
     cache: CredentialCache, assumer: FakeAssumer, clock: FakeClock, metrics: Metrics
 ) -> None:
